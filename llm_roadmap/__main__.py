@@ -1,0 +1,152 @@
+"""The course's command line: `python -m llm_roadmap run|list|check|roadmap|new|slug`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+from . import course
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as a Python literal when it is one (3, 0.5, True, 'x'), else as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: parameters are KEY=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def cmd_run(args, root: Path) -> int:
+    from tqdm.auto import tqdm
+
+    from .lessons import select
+    from .runner import refresh_inplace, run_lesson, summary_markdown, write_summary
+
+    chosen = select(root, args.targets)
+    if args.inplace and (args.size != "small" or args.param):
+        print("--inplace refreshes the committed outputs, which come from the small config with default "
+              "parameters: drop --size full and -p", file=sys.stderr)
+        return 2
+    out_dir = root / "runs" / args.size
+    params = dict(args.param or [])
+    results = []
+    bar = tqdm(chosen, desc="notebooks", unit="nb")
+    for lesson in bar:
+        bar.set_postfix_str(lesson.path)
+        if args.inplace:
+            result = refresh_inplace(root, lesson)
+        else:
+            result = run_lesson(root, lesson, args.size, params, out_dir)
+        results.append(result)
+        mark = "ok" if result.status == "ok" else f"FAILED at cell {result.failed_cell}: {result.error}"
+        tqdm.write(f"{result.seconds:7.1f} s  {lesson.path}  {mark}")
+    md = write_summary(out_dir, results, args.size)
+    print()
+    print(summary_markdown(results, args.size))
+    print(f"summary written to {md} and {md.with_suffix('.json')}")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def cmd_list(args, root: Path) -> int:
+    from .lessons import read_video_file
+
+    last: dict[str, dict] = {}
+    for size in ("small", "full"):
+        summary = root / "runs" / size / "summary.json"
+        if summary.exists():
+            data = json.loads(summary.read_text())
+            for item in data["notebooks"]:
+                last[item["notebook"]] = {**item, "size": size, "finished": data["finished"]}
+    for number, (folder, title, topics) in enumerate(course.PHASES, start=1):
+        entries = read_video_file(root / folder)
+        print(f"{number:2d}. {title}  ({folder}, {len(entries)} lessons)")
+        if not entries:
+            print("      planned: " + "; ".join(topics))
+        for entry in entries:
+            path = f"{folder}/{entry['notebook']}"
+            video = "video" if entry["video"] else "no video yet"
+            run = last.get(path)
+            ran = "not run"
+            if run:
+                ran = f"last run {run['status']} ({run['size']}, {run['seconds']} s, {run['finished']})"
+            print(f"      {entry['title']:<48} {video:<13} {ran}")
+    return 0
+
+
+def cmd_check(args, root: Path) -> int:
+    from .checks import check_notebook, markdown_links, video_files
+    from .lessons import notebooks_on_disk
+    from .roadmap import readme_is_fresh
+
+    problems = video_files(root) + markdown_links(root)
+    for rel in notebooks_on_disk(root):
+        problems += [f"{rel}: {p}" for p in check_notebook(root, rel)]
+    if not readme_is_fresh(root):
+        problems.append("README.md's roadmap table is stale: run `python -m llm_roadmap roadmap`")
+    for problem in problems:
+        print("PROBLEM", problem)
+    print(f"{len(problems)} problems in {len(notebooks_on_disk(root))} notebooks")
+    return 1 if problems else 0
+
+
+def cmd_roadmap(args, root: Path) -> int:
+    from .roadmap import write_readme
+
+    print("README.md updated" if write_readme(root) else "README.md already up to date")
+    return 0
+
+
+def cmd_new(args, root: Path) -> int:
+    from .roadmap import write_readme
+    from .scaffold import new_lesson
+
+    path = new_lesson(root, args.phase, args.notebook, args.title)
+    write_readme(root)
+    print(f"created {path.relative_to(root)}; listed in its videos.yaml, phase README and the roadmap table")
+    return 0
+
+
+def cmd_slug(args, root: Path) -> int:
+    from .scaffold import rewrite_slug
+
+    for path in rewrite_slug(root, args.slug, args.branch):
+        print("rewrote", path.relative_to(root))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .lessons import repo_root
+
+    parser = argparse.ArgumentParser(prog="python -m llm_roadmap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks with papermill and summarise")
+    run.add_argument("targets", nargs="*", help="phase folders or numbers, or notebook paths (default: all)")
+    run.add_argument("--size", choices=["small", "full"], default="small")
+    run.add_argument("-p", "--param", action="append", type=_parse_param, metavar="KEY=VALUE")
+    run.add_argument("--inplace", action="store_true", help="refresh the committed outputs (small config)")
+    sub.add_parser("list", help="the roadmap: phases, lessons, video status, last run")
+    sub.add_parser("check", help="static checks of notebooks, video files, links and the README table")
+    sub.add_parser("roadmap", help="regenerate the README's roadmap table")
+    new = sub.add_parser("new", help="add a lesson from the template")
+    new.add_argument("phase")
+    new.add_argument("notebook")
+    new.add_argument("title")
+    slug = sub.add_parser("slug", help="point every badge and install line at OWNER/REPO")
+    slug.add_argument("slug")
+    slug.add_argument("--branch")
+    args = parser.parse_args(argv)
+    root = repo_root()
+    handler = {"run": cmd_run, "list": cmd_list, "check": cmd_check, "roadmap": cmd_roadmap, "new": cmd_new,
+               "slug": cmd_slug}[args.command]
+    return handler(args, root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

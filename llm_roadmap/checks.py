@@ -1,0 +1,121 @@
+"""Static checks of the course: each returns a list of problems (empty when all is well)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+
+from . import course
+from .lessons import VIDEO_FILE, lessons, notebooks_on_disk, read_video_file
+
+MAX_NOTEBOOK_BYTES = 1_500_000
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"']+")
+
+
+def _source(cell) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def check_notebook(root: Path, rel_path: str) -> list[str]:
+    """Structure of one notebook: format, kernel, parameters, badge, setup cell, clean committed outputs, size."""
+    path = root / rel_path
+    problems: list[str] = []
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_BYTES:
+        problems.append(f"{size / 1e6:.2f} MB on disk (limit 1.5 MB): shrink figures or printed output")
+    try:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    except Exception as err:  # noqa: BLE001 - any parse/validation failure is the finding itself
+        return problems + [f"not a valid notebook: {type(err).__name__}: {err}"]
+    kernel = nb.metadata.get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        problems.append(f"kernelspec is {kernel!r}, expected 'python3'")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    if len(params) != 1:
+        problems.append(f"{len(params)} cells tagged 'parameters' (exactly one is needed)")
+    if any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells):
+        problems.append("a papermill 'injected-parameters' cell is committed: refresh with `run --inplace`")
+    # The badge: the first Markdown cell links to this notebook's own Colab address.
+    expected = course.colab_url(rel_path)
+    markdown = "\n".join(_source(c) for c in nb.cells if c.cell_type == "markdown")
+    badges = _COLAB_LINK.findall(markdown)
+    if BADGE_IMAGE not in markdown or not badges:
+        problems.append("no 'Open in Colab' badge")
+    for url in badges:
+        if url != expected:
+            problems.append(f"Colab link {url} does not match this notebook; expected {expected}")
+    # The setup cell installs the course package only in Colab.
+    spec = course.install_spec()
+    setup = [c for c in code if 'google.colab" in sys.modules' in _source(c)]
+    if not setup:
+        problems.append('no Colab-only setup cell (a code cell testing `"google.colab" in sys.modules`)')
+    elif spec not in _source(setup[0]):
+        problems.append(f"the Colab setup cell does not install {spec!r}")
+    for cell in code:
+        src = _source(cell)
+        if re.search(r"pip\b.*\binstall|%pip|!pip", src) and 'google.colab" in sys.modules' not in src:
+            problems.append("a cell installs packages outside the Colab-only setup cell")
+    # Outputs committed from a clean top-to-bottom run.
+    counts = [c.execution_count for c in code if _source(c).strip()]
+    if counts and counts != list(range(1, len(counts) + 1)):
+        problems.append(f"execution counts {counts} are not 1..{len(counts)}: commit a clean run (`run --inplace`)")
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i} has a committed error output ({out.get('ename')}: {out.get('evalue')})")
+    return problems
+
+
+def markdown_links(root: Path) -> list[str]:
+    """Relative links in the course's Markdown files and notebook Markdown cells that point to nothing."""
+    problems = []
+    sources: list[tuple[Path, str]] = [(p, p.read_text()) for p in sorted(root.glob("*.md"))]
+    for folder in course.PHASE_DIRS:
+        sources += [(p, p.read_text()) for p in sorted((root / folder).glob("*.md"))]
+        for nb_path in sorted((root / folder).glob("*.ipynb")):
+            nb = nbformat.read(nb_path, as_version=4)
+            sources.append((nb_path, "\n".join(_source(c) for c in nb.cells if c.cell_type == "markdown")))
+    for path, text in sources:
+        for target in _LINK.findall(text):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # URLs, mailto:, in-page anchors
+            file_part = target.split("#", 1)[0]
+            if file_part and not (path.parent / file_part).exists():
+                problems.append(f"{path.relative_to(root)}: link to {target} points to nothing")
+    return problems
+
+
+def video_files(root: Path) -> list[str]:
+    """Every phase has a video file; each entry's notebook exists; each notebook has an entry and a README link."""
+    problems = []
+    for folder in course.PHASE_DIRS:
+        phase_dir = root / folder
+        if not (phase_dir / "README.md").exists():
+            problems.append(f"{folder}/README.md is missing")
+        try:
+            entries = read_video_file(phase_dir)
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+            continue
+        listed = [e["notebook"] for e in entries]
+        if len(set(listed)) != len(listed):
+            problems.append(f"{folder}/{VIDEO_FILE} lists a notebook twice")
+        for name in listed:
+            if not (phase_dir / name).exists():
+                problems.append(f"{folder}/{VIDEO_FILE} lists {name}, which does not exist")
+    listed_paths = {lesson.path for lesson in lessons(root)} if not problems else set()
+    for rel in notebooks_on_disk(root):
+        if listed_paths and rel not in listed_paths:
+            problems.append(f"{rel} has no entry in its phase's {VIDEO_FILE}")
+        folder, name = rel.split("/", 1)
+        readme = root / folder / "README.md"
+        if readme.exists() and f"]({name})" not in readme.read_text():
+            problems.append(f"{folder}/README.md does not link to {name}")
+    return problems

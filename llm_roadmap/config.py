@@ -1,0 +1,89 @@
+"""Config resolution, seeding, device and dtype choice, Colab detection."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import numpy as np
+
+SIZES = ("small", "full")
+
+
+def in_colab() -> bool:
+    """True inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def has_cuda() -> bool:
+    """True when torch is importable and sees a CUDA GPU."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_size(size: str = "auto") -> str:
+    """Turn a notebook's SIZE parameter into "small" or "full".
+
+    "auto" means small without a CUDA GPU and full with one; the environment variable LLM_ROADMAP_SIZE, when set,
+    decides "auto" instead (the runner uses it to refresh committed outputs in the small config).
+    """
+    if size not in ("auto", *SIZES):
+        raise ValueError(f"SIZE must be 'auto', 'small' or 'full', got {size!r}")
+    if size == "auto":
+        forced = os.environ.get("LLM_ROADMAP_SIZE", "").strip()
+        if forced:
+            if forced not in SIZES:
+                raise ValueError(f"LLM_ROADMAP_SIZE must be 'small' or 'full', got {forced!r}")
+            return forced
+        return "full" if has_cuda() else "small"
+    return size
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def pick_device(prefer: str | None = None) -> str:
+    """"cuda" when a GPU is there, else "cpu" (or `prefer`, if given and available)."""
+    if prefer is not None:
+        if prefer.startswith("cuda") and not has_cuda():
+            raise RuntimeError(f"device {prefer!r} asked for, but no CUDA GPU is visible; use 'cpu'")
+        return prefer
+    return "cuda" if has_cuda() else "cpu"
+
+
+def pick_dtype(device: str):
+    """The training dtype for a device: bf16 on GPUs that support it, fp16 on older GPUs (a T4), fp32 on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def describe_runtime() -> str:
+    """One line naming python, torch and the device, for the top of a notebook."""
+    parts = [f"python {sys.version.split()[0]}"]
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__}")
+        if torch.cuda.is_available():
+            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+        else:
+            parts.append(f"CPU ({torch.get_num_threads()} threads)")
+    except ImportError:
+        parts.append("torch not installed")
+    parts.append("Colab" if in_colab() else "local")
+    return " | ".join(parts)

@@ -1,0 +1,88 @@
+"""Data that is always there offline (Python's own documentation), and the full config's hub loaders."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import sys
+
+# Modules whose import has side effects (opening windows, printing, starting servers) or is slow.
+_SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "test", "pydoc_data",
+                 "ensurepip", "venv", "__main__", "xxsubtype", "_xxtestfuzz", "msilib", "winreg", "winsound"}
+
+
+def pydoc_topics() -> dict[str, str]:
+    """Python's help topics (the text behind `help("FOR")`): {topic: text}, in sorted topic order."""
+    from pydoc_data.topics import topics
+
+    return {name: topics[name] for name in sorted(topics)}
+
+
+def pydoc_text() -> str:
+    """All of Python's help topics as one text (~465 K characters of real English technical prose)."""
+    return "\n\n".join(pydoc_topics().values())
+
+
+def stdlib_docstrings(max_chars: int | None = None) -> str:
+    """Docstrings of the standard library's pure-Python modules, in a fixed order (~1.6 MB in all)."""
+    names = sorted(m.name for m in pkgutil.iter_modules() if m.name in sys.stdlib_module_names
+                   and not m.name.startswith("_") and m.name not in _SKIP_MODULES)
+    chunks: list[str] = []
+    total = 0
+    seen: set[int] = set()
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - platform-specific modules legitimately fail to import; skip them
+            continue
+        members = [v for _, v in sorted(vars(module).items()) if inspect.isclass(v) or inspect.isfunction(v)]
+        for obj in [module, *members]:
+            if getattr(obj, "__module__", name) not in (name, None) and obj is not module:
+                continue
+            doc = inspect.getdoc(obj)
+            if not doc or id(doc) in seen:
+                continue
+            seen.add(id(doc))
+            chunks.append(doc)
+            total += len(doc) + 2
+            if max_chars is not None and total >= max_chars:
+                return "\n\n".join(chunks)[:max_chars]
+    return "\n\n".join(chunks)
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub is switched off (HF_HUB_OFFLINE) for this process."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+
+
+class FullConfigUnavailable(RuntimeError):
+    """The full config needs something this machine lacks (a GPU, the network, the hub)."""
+
+
+def require_hub(what: str) -> None:
+    """Fail early, with what to do, when a full-config resource cannot be reached."""
+    if hub_offline():
+        raise FullConfigUnavailable(
+            f"{what} comes from the Hugging Face hub, which is switched off here (HF_HUB_OFFLINE=1). "
+            "The full config needs a GPU and network (e.g. Colab); run with SIZE='small'.")
+
+
+def load_hub_dataset(path: str, *args, **kwargs):
+    """`datasets.load_dataset` for the full config, with a clear error when the hub cannot be reached."""
+    require_hub(f"the data set {path!r}")
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(path, *args, **kwargs)
+    except (ConnectionError, OSError) as err:
+        raise FullConfigUnavailable(
+            f"could not download the data set {path!r} ({type(err).__name__}: {err}). "
+            "The full config needs network access; run with SIZE='small'.") from err
+
+
+def tiny_shakespeare() -> str:
+    """Karpathy's TinyShakespeare (1.1 M characters), from the hub: the full config's classic char-level corpus."""
+    ds = load_hub_dataset("karpathy/tiny_shakespeare", split="train")
+    return ds[0]["text"]
