@@ -63,9 +63,11 @@ def new_lesson(root: Path, phase: str, notebook: str, title: str) -> Path:
     ]
     nbformat.write(nb, path)
     video_file = root / phase / VIDEO_FILE
-    data = yaml.safe_load(video_file.read_text()) or {}
+    text = video_file.read_text()
+    data = yaml.safe_load(text) or {}
     data.setdefault("lessons", []).append({"notebook": notebook, "title": title, "video": None})
-    video_file.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    comments = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))  # keep the header comment
+    video_file.write_text(comments + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     readme = root / phase / "README.md"
     readme.write_text(readme.read_text().rstrip("\n") + f"\n\n## [{title}]({notebook})\n\nNotes to come.\n")
     return path

@@ -1,0 +1,1 @@
+"""Components taught in an earlier lesson and reused by later ones."""
