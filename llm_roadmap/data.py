@@ -82,7 +82,34 @@ def load_hub_dataset(path: str, *args, **kwargs):
             "The full config needs network access; run with SIZE='small'.") from err
 
 
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def download_text(url: str, what: str, cache_dir: str | os.PathLike | None = None, timeout: float = 30.0) -> str:
+    """A text file from the web for the full config, cached on disk; a clear error when there is no network."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    folder = Path(cache_dir or os.environ.get("LLM_ROADMAP_CACHE", Path.home() / ".cache" / "llm_roadmap"))
+    path = folder / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".txt")
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    if hub_offline():
+        raise FullConfigUnavailable(f"{what} must be downloaded, and this process is offline (HF_HUB_OFFLINE=1). "
+                                    "The full config needs a GPU and network (e.g. Colab); run with SIZE='small'.")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read().decode("utf-8")
+    except (urllib.error.URLError, OSError) as err:
+        raise FullConfigUnavailable(f"could not download {what} from {url} ({err}). "
+                                    "The full config needs network access; run with SIZE='small'.") from err
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
 def tiny_shakespeare() -> str:
-    """Karpathy's TinyShakespeare (1.1 M characters), from the hub: the full config's classic char-level corpus."""
-    ds = load_hub_dataset("karpathy/tiny_shakespeare", split="train")
-    return ds[0]["text"]
+    """Karpathy's TinyShakespeare (1.1 M characters; the file nanoGPT's char-level example uses), for full configs."""
+    return download_text(TINY_SHAKESPEARE_URL, "TinyShakespeare")

@@ -224,3 +224,18 @@ def test_runner_keeps_going_past_a_failing_notebook(tmp_course, monkeypatch):
     assert "| phase01_foundations/01_ok.ipynb | ok |" in summary and "answer=42" in summary
     assert "| phase01_foundations/03_after.ipynb | ok |" in summary, "the run stopped at the failing notebook"
     assert "`phase01_foundations/02_broken.ipynb`, cell 4: AssertionError: x is not two" in summary
+
+
+def test_full_config_downloads_fail_clearly_offline(monkeypatch, tmp_path):
+    from llm_roadmap.data import download_text, tiny_shakespeare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LLM_ROADMAP_CACHE", str(tmp_path))
+    with pytest.raises(FullConfigUnavailable, match="SIZE='small'"):
+        tiny_shakespeare()
+    # a cached copy is used without the network
+    import hashlib
+
+    url = "https://example.invalid/corpus.txt"
+    (tmp_path / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".txt")).write_text("cached text")
+    assert download_text(url, "a corpus") == "cached text"
