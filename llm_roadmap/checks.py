@@ -13,6 +13,8 @@ from .lessons import VIDEO_FILE, lessons, notebooks_on_disk, read_video_file
 MAX_NOTEBOOK_BYTES = 1_500_000
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+# an install command, not the words "pip install" inside a message: %pip / !pip lines, or ["pip", "install"] lists
+_INSTALLS = re.compile(r"^\s*[%!]\s*pip\s+install|[\"']pip[\"']\s*,\s*[\"']install[\"']", re.MULTILINE)
 _COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"']+")
 
 
@@ -60,7 +62,7 @@ def check_notebook(root: Path, rel_path: str) -> list[str]:
         problems.append(f"the Colab setup cell does not install {spec!r}")
     for cell in code:
         src = _source(cell)
-        if re.search(r"pip\b.*\binstall|%pip|!pip", src) and 'google.colab" in sys.modules' not in src:
+        if _INSTALLS.search(src) and 'google.colab" in sys.modules' not in src:
             problems.append("a cell installs packages outside the Colab-only setup cell")
     # Outputs committed from a clean top-to-bottom run.
     counts = [c.execution_count for c in code if _source(c).strip()]

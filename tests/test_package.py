@@ -239,3 +239,11 @@ def test_full_config_downloads_fail_clearly_offline(monkeypatch, tmp_path):
     url = "https://example.invalid/corpus.txt"
     (tmp_path / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".txt")).write_text("cached text")
     assert download_text(url, "a corpus") == "cached text"
+
+
+def test_install_detection_ignores_messages(tmp_course):
+    rel = _add_lesson(tmp_course, 'print("run `pip install vllm` on a GPU machine first")')
+    assert checks.check_notebook(tmp_course, rel) == []
+    sneaky = 'import subprocess, sys\nsubprocess.run([sys.executable, "-m", "pip", "install", "x"])'
+    rel2 = _add_lesson(tmp_course, sneaky, name="02_sneaky.ipynb")
+    assert any("outside the Colab-only" in p for p in checks.check_notebook(tmp_course, rel2))
