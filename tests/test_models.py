@@ -17,7 +17,11 @@ def tiny_hf_gpt2():
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=4,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(cfg).eval()
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # move weights off the 0.02 init, where exact and tanh GELU differ by only ~6e-6
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
 
 
 def test_gpt_matches_hf_gpt2_logits(tiny_hf_gpt2):
@@ -27,6 +31,14 @@ def test_gpt_matches_hf_gpt2_logits(tiny_hf_gpt2):
         theirs = tiny_hf_gpt2(idx).logits
         mine, _ = ours(idx)
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    import torch.nn.functional as F
+
+    mlp = ours.h[0].mlp
+    x = torch.randn(2, 5, 48)
+    with torch.no_grad():  # control: the exact GELU would be visible at this tolerance
+        tanh_out = mlp(x)
+        exact_out = mlp.c_proj(F.gelu(mlp.c_fc(x)))
+    assert (tanh_out - exact_out).abs().max() > 1e-4
     assert ours.num_params(non_embedding=False) == sum(p.numel() for p in tiny_hf_gpt2.parameters())
 
 
