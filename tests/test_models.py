@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from llm_roadmap.data.synthetic import MarkovLanguage
 from llm_roadmap.models.gpt import GPT, GPTConfig, filter_logits
-from llm_roadmap.synthetic import MarkovLanguage
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import nbformat
 import numpy as np
 import pytest
 
-from llm_roadmap import checks, course, roadmap, scaffold
 from llm_roadmap.config import pick_dtype, resolve_size, seed_everything
 from llm_roadmap.data import FullConfigUnavailable, load_hub_dataset, pydoc_text, pydoc_topics, stdlib_docstrings
-from llm_roadmap.lessons import lessons, select
 from llm_roadmap.report import RESULTS_MIME, record_results, results_from_notebook
+from roadmap_tools import checks, course, roadmap, scaffold
+from roadmap_tools.lessons import lessons, select
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,41 +88,8 @@ def test_record_results_roundtrip(capsys):
     assert results_from_notebook(nb) == {"loss": 1.0, "acc": 0.9}
 
 
-# --- a throw-away course repository ---------------------------------------------------------------------------------
-@pytest.fixture
-def tmp_course(tmp_path: Path) -> Path:
-    """An empty course (phase folders, video files, README) in tmp_path."""
-    for name in ["requirements.txt", "README.md"]:
-        shutil.copy(ROOT / name, tmp_path / name)
-    for folder in course.PHASE_DIRS:
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "videos.yaml").write_text("lessons: []\n")
-        (tmp_path / folder / "README.md").write_text(f"# {folder}\n")
-    roadmap.write_readme(tmp_path)
-    return tmp_path
-
-
-def _executed(nb):
-    """Mark every code cell as run in order (what a clean execution leaves)."""
-    count = 0
-    for cell in nb.cells:
-        if cell.cell_type == "code" and cell.source.strip():
-            count += 1
-            cell.execution_count = count
-    return nb
-
-
-def _add_lesson(root: Path, body: str = "x = 1\nassert x == 1", name: str = "01_demo.ipynb") -> str:
-    path = scaffold.new_lesson(root, "phase01_foundations", name, "1.1 Demo")
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(body))
-    nbformat.write(_executed(nb), path)
-    roadmap.write_readme(root)
-    return f"phase01_foundations/{name}"
-
-
-def test_scaffolded_lesson_passes_static_checks(tmp_course):
-    rel = _add_lesson(tmp_course)
+def test_scaffolded_lesson_passes_static_checks(tmp_course, add_lesson):
+    rel = add_lesson(tmp_course)
     assert checks.check_notebook(tmp_course, rel) == []
     assert checks.video_files(tmp_course) == []
     assert checks.markdown_links(tmp_course) == []
@@ -133,8 +100,8 @@ def test_scaffolded_lesson_passes_static_checks(tmp_course):
         select(tmp_course, ["phase99"])
 
 
-def test_checks_catch_broken_notebooks(tmp_course):
-    rel = _add_lesson(tmp_course)
+def test_checks_catch_broken_notebooks(tmp_course, add_lesson):
+    rel = add_lesson(tmp_course)
     path = tmp_course / rel
     pristine = nbformat.read(path, as_version=4)
 
@@ -174,18 +141,18 @@ def test_checks_catch_broken_notebooks(tmp_course):
     assert checks.check_notebook(tmp_course, rel) == []
 
 
-def test_video_file_and_readme_consistency(tmp_course):
-    rel = _add_lesson(tmp_course)
+def test_video_file_and_readme_consistency(tmp_course, add_lesson):
+    rel = add_lesson(tmp_course)
     (tmp_course / rel).rename(tmp_course / "phase01_foundations" / "99_orphan.ipynb")
     found = "\n".join(checks.video_files(tmp_course))
     assert "lists 01_demo.ipynb, which does not exist" in found
-    assert "99_orphan.ipynb has no entry" in found or "does not link to 99_orphan.ipynb" in found
+    assert "99_orphan.ipynb has no entry" in found and "does not link to 99_orphan.ipynb" in found
     (tmp_course / "phase02_ml_dl" / "README.md").write_text("see [missing](nowhere.md)\n")
     assert any("nowhere.md" in p for p in checks.markdown_links(tmp_course))
 
 
-def test_stale_readme_is_detected(tmp_course):
-    _add_lesson(tmp_course)
+def test_stale_readme_is_detected(tmp_course, add_lesson):
+    add_lesson(tmp_course)
     readme = tmp_course / "README.md"
     readme.write_text(readme.read_text().replace("1.1 Demo", "1.1 Renamed"))
     assert not roadmap.readme_is_fresh(tmp_course)
@@ -193,30 +160,30 @@ def test_stale_readme_is_detected(tmp_course):
     assert roadmap.readme_is_fresh(tmp_course)
 
 
-def test_slug_rewrite_changes_every_badge_and_install_line(tmp_course, monkeypatch):
-    rel = _add_lesson(tmp_course)
-    (tmp_course / "llm_roadmap").mkdir()
-    shutil.copy(ROOT / "llm_roadmap" / "course.py", tmp_course / "llm_roadmap" / "course.py")
+def test_slug_rewrite_changes_every_badge_and_install_line(tmp_course, add_lesson, monkeypatch):
+    rel = add_lesson(tmp_course)
+    (tmp_course / "roadmap_tools").mkdir()
+    shutil.copy(ROOT / "roadmap_tools" / "course.py", tmp_course / "roadmap_tools" / "course.py")
     changed = scaffold.rewrite_slug(tmp_course, "someone/their-fork")
     assert tmp_course / rel in changed and tmp_course / "README.md" in changed
     text = (tmp_course / rel).read_text() + (tmp_course / "README.md").read_text()
     assert course.REPO_SLUG not in text
     assert "github/someone/their-fork/blob/main/phase01_foundations/01_demo.ipynb" in text
     assert "git+https://github.com/someone/their-fork@main" in text
-    assert 'REPO_SLUG = "someone/their-fork"' in (tmp_course / "llm_roadmap" / "course.py").read_text()
+    assert 'REPO_SLUG = "someone/their-fork"' in (tmp_course / "roadmap_tools" / "course.py").read_text()
     monkeypatch.setattr(course, "REPO_SLUG", "someone/their-fork")
     assert checks.check_notebook(tmp_course, rel) == []
     with pytest.raises(ValueError):
         scaffold.rewrite_slug(tmp_course, "not a slug")
 
 
-def test_runner_keeps_going_past_a_failing_notebook(tmp_course, monkeypatch):
-    from llm_roadmap.__main__ import main
+def test_runner_keeps_going_past_a_failing_notebook(tmp_course, add_lesson, monkeypatch):
+    from roadmap_tools.__main__ import main
 
-    _add_lesson(tmp_course, "from llm_roadmap.report import record_results\nrecord_results(answer=SEED + 41)",
+    add_lesson(tmp_course, "from llm_roadmap.report import record_results\nrecord_results(answer=SEED + 41)",
                 name="01_ok.ipynb")
-    _add_lesson(tmp_course, "x = 1\n\nassert x == 2, 'x is not two'", name="02_broken.ipynb")
-    _add_lesson(tmp_course, "print(SIZE)", name="03_after.ipynb")
+    add_lesson(tmp_course, "x = 1\n\nassert x == 2, 'x is not two'", name="02_broken.ipynb")
+    add_lesson(tmp_course, "print(SIZE)", name="03_after.ipynb")
     monkeypatch.chdir(tmp_course)
     code = main(["run", "phase01_foundations", "-p", "SEED=1"])
     assert code == 1
@@ -241,9 +208,9 @@ def test_full_config_downloads_fail_clearly_offline(monkeypatch, tmp_path):
     assert download_text(url, "a corpus") == "cached text"
 
 
-def test_install_detection_ignores_messages(tmp_course):
-    rel = _add_lesson(tmp_course, 'print("run `pip install vllm` on a GPU machine first")')
+def test_install_detection_ignores_messages(tmp_course, add_lesson):
+    rel = add_lesson(tmp_course, 'print("run `pip install vllm` on a GPU machine first")')
     assert checks.check_notebook(tmp_course, rel) == []
     sneaky = 'import subprocess, sys\nsubprocess.run([sys.executable, "-m", "pip", "install", "x"])'
-    rel2 = _add_lesson(tmp_course, sneaky, name="02_sneaky.ipynb")
+    rel2 = add_lesson(tmp_course, sneaky, name="02_sneaky.ipynb")
     assert any("outside the Colab-only" in p for p in checks.check_notebook(tmp_course, rel2))

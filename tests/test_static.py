@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llm_roadmap import course
-from llm_roadmap.checks import check_notebook, markdown_links, video_files
-from llm_roadmap.lessons import lessons, notebooks_on_disk
-from llm_roadmap.roadmap import readme_is_fresh
+from roadmap_tools import course
+from roadmap_tools.checks import check_notebook, markdown_links, video_files
+from roadmap_tools.lessons import lessons, notebooks_on_disk
+from roadmap_tools.roadmap import readme_is_fresh
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebooks_on_disk(ROOT)
@@ -53,7 +53,7 @@ def test_markdown_links_resolve():
 
 
 def test_readme_roadmap_is_fresh():
-    assert readme_is_fresh(ROOT), "README.md's roadmap table is stale: run `python -m llm_roadmap roadmap`"
+    assert readme_is_fresh(ROOT), "README.md's roadmap table is stale: run `python -m roadmap_tools roadmap`"
 
 
 def test_notebooks_are_lint_clean_python():
@@ -64,3 +64,27 @@ def test_notebooks_are_lint_clean_python():
         nb = nbformat.read(ROOT / rel, as_version=4)
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
         assert "/work/" not in code and "../" not in code, f"{rel} refers to a path that exists only in a clone"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert "bash .ci/run" in workflow and "pull_request" in workflow and "cache: pip" in workflow
+
+
+def test_the_library_package_excludes_the_tooling():
+    """What Colab installs (`llm-roadmap @ git+...`) is llm_roadmap alone; no lesson needs the tooling."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packaged = find_packages(str(ROOT), include=config["include"])
+    assert "llm_roadmap" in packaged and "llm_roadmap.data" in packaged
+    assert not [p for p in packaged if not p.startswith("llm_roadmap")], packaged
+    for path in (ROOT / "llm_roadmap").rglob("*.py"):
+        assert "roadmap_tools" not in path.read_text().replace("`roadmap_tools/`", ""), path
+    for rel in NOTEBOOKS:
+        assert "roadmap_tools" not in (ROOT / rel).read_text(), f"{rel} imports the tooling, which Colab lacks"

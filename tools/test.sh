@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # The test command (`make test`): lint, then one pytest run over the package tests, the static checks and every
-# notebook. Notebooks run as papermill-prepared copies (SIZE="small" injected) in .nbrun/, executed by nbval.
-# Extra pytest arguments pass through: `bash tools/test.sh -k phase01`.
+# lesson notebook at each seed of roadmap_tools/environment.py's SEEDS (roadmap_tools/pytest_plugin.py: a notebook
+# fails on an error, a warning that means wrong results, the time budget, or changed checked outputs).
+# Extra pytest arguments pass through: `bash tools/test.sh -k phase01`, `bash tools/test.sh --seeds 0`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TQDM_MININTERVAL=5 MPLBACKEND=Agg PYTHONHASHSEED=0
-export TOKENIZERS_PARALLELISM=false
+eval "$("$PY" -m roadmap_tools env)"  # the one harness environment: threads, offline flags, backends
 echo "== ruff"
 "$PY" -m ruff check .
-echo "== preparing notebooks (papermill --prepare-only, SIZE='small') into .nbrun/"
-"$PY" tools/prepare_notebooks.py .nbrun
-mapfile -t notebooks < <(find .nbrun -name '*.ipynb' | sort)
-echo "== pytest: package, static checks, ${#notebooks[@]} notebooks (nbval-lax, 2 workers, one notebook per worker)"
-"$PY" -m pytest tests "${notebooks[@]}" --nbval-lax --nbval-cell-timeout=600 -n 2 --dist loadfile \
-  -p no:cacheprovider "$@"
+mapfile -t phases < <("$PY" -c 'from roadmap_tools.course import PHASE_DIRS; print("\n".join(PHASE_DIRS))')
+echo "== pytest: package tests, static checks, every notebook's small config per seed (2 workers)"
+"$PY" -m pytest tests "${phases[@]}" -n 2 --dist load -p no:cacheprovider "$@"

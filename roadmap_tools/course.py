@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# The GitHub repository that Colab badges and install lines point to. `python -m llm_roadmap slug OWNER/REPO`
+# The GitHub repository that Colab badges and install lines point to. `python -m roadmap_tools slug OWNER/REPO`
 # rewrites this line and every badge and install line in the notebooks and Markdown files.
 REPO_SLUG = "YOUR-GITHUB-USER/llm-mllm-research-roadmap"
 BRANCH = "main"

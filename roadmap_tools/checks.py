@@ -8,7 +8,9 @@ from pathlib import Path
 import nbformat
 
 from . import course
-from .lessons import VIDEO_FILE, lessons, notebooks_on_disk, read_video_file
+from .execute import denied_in
+from .lessons import VIDEO_FILE, notebooks_on_disk, read_video_file
+from .runner import METADATA_KEY, RUNTIME_PHRASE, header_seconds
 
 MAX_NOTEBOOK_BYTES = 1_500_000
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -72,7 +74,25 @@ def check_notebook(root: Path, rel_path: str) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 problems.append(f"cell {i} has a committed error output ({out.get('ename')}: {out.get('evalue')})")
+    problems += [f"a committed output holds a warning that means wrong results: {w}" for w in denied_in(nb)]
+    problems += runtime_problems(nb)
     return problems
+
+
+def runtime_problems(nb) -> list[str]:
+    """The header's small-config runtime must be the one the harness measured when it made the committed outputs."""
+    measured = nb.metadata.get(METADATA_KEY, {}).get("small_cpu_s")
+    if measured is None:
+        return ["no measured runtime in the metadata: refresh the outputs with `make refresh ARGS=<notebook>`"]
+    header = _source(nb.cells[0]) if nb.cells else ""
+    found = RUNTIME_PHRASE.search(header)
+    want = f"small config ~{header_seconds(measured)} s on a 2-core CPU"
+    if not found:
+        return [f"the header lacks the runtime phrase '{want}'"]
+    if found.group(0) != want:
+        return [f"the header says '{found.group(0)}' but the harness measured {measured} s of CPU time: '{want}' "
+                "(`make refresh` writes it)"]
+    return []
 
 
 def markdown_links(root: Path) -> list[str]:
@@ -95,8 +115,12 @@ def markdown_links(root: Path) -> list[str]:
 
 
 def video_files(root: Path) -> list[str]:
-    """Every phase has a video file; each entry's notebook exists; each notebook has an entry and a README link."""
+    """Every phase has a video file; each entry's notebook exists; each notebook has an entry and a README link.
+
+    Each check runs whatever the others found: a broken video file in one phase does not hide an unlisted
+    notebook in another."""
     problems = []
+    listed_paths: dict[str, set[str]] = {}  # phase folder -> notebooks its video file lists (readable files only)
     for folder in course.PHASE_DIRS:
         phase_dir = root / folder
         if not (phase_dir / "README.md").exists():
@@ -107,16 +131,16 @@ def video_files(root: Path) -> list[str]:
             problems.append(str(err))
             continue
         listed = [e["notebook"] for e in entries]
+        listed_paths[folder] = set(listed)
         if len(set(listed)) != len(listed):
             problems.append(f"{folder}/{VIDEO_FILE} lists a notebook twice")
         for name in listed:
             if not (phase_dir / name).exists():
                 problems.append(f"{folder}/{VIDEO_FILE} lists {name}, which does not exist")
-    listed_paths = {lesson.path for lesson in lessons(root)} if not problems else set()
     for rel in notebooks_on_disk(root):
-        if listed_paths and rel not in listed_paths:
-            problems.append(f"{rel} has no entry in its phase's {VIDEO_FILE}")
         folder, name = rel.split("/", 1)
+        if folder in listed_paths and name not in listed_paths[folder]:
+            problems.append(f"{rel} has no entry in its phase's {VIDEO_FILE}")
         readme = root / folder / "README.md"
         if readme.exists() and f"]({name})" not in readme.read_text():
             problems.append(f"{folder}/README.md does not link to {name}")

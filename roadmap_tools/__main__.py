@@ -1,4 +1,4 @@
-"""The course's command line: `python -m llm_roadmap run|list|check|roadmap|new|slug`."""
+"""The course's command line: `python -m roadmap_tools run|list|check|roadmap|new|slug|env`."""
 
 from __future__ import annotations
 
@@ -29,28 +29,36 @@ def cmd_run(args, root: Path) -> int:
     from .lessons import select
     from .runner import refresh_inplace, run_lesson, summary_markdown, write_summary
 
-    chosen = select(root, args.targets)
-    if args.inplace and (args.size != "small" or args.param):
+    params = dict(args.param or [])
+    size = args.size or "small"
+    if "SIZE" in params:  # `-p SIZE=full` means the full config: run and file it as such
+        if args.size and args.size != params["SIZE"]:
+            print(f"--size {args.size} and -p SIZE={params['SIZE']} disagree: give one", file=sys.stderr)
+            return 2
+        size = params.pop("SIZE")
+        if size not in ("small", "full"):
+            print(f"SIZE must be 'small' or 'full', got {size!r}", file=sys.stderr)
+            return 2
+    if args.inplace and (size != "small" or params):
         print("--inplace refreshes the committed outputs, which come from the small config with default "
               "parameters: drop --size full and -p", file=sys.stderr)
         return 2
-    out_dir = root / "runs" / args.size
-    params = dict(args.param or [])
+    chosen = select(root, args.targets)
+    out_dir = root / "runs" / size
     results = []
     bar = tqdm(chosen, desc="notebooks", unit="nb")
     for lesson in bar:
         bar.set_postfix_str(lesson.path)
-        if args.inplace:
-            result = refresh_inplace(root, lesson)
-        else:
-            result = run_lesson(root, lesson, args.size, params, out_dir)
+        result = refresh_inplace(root, lesson) if args.inplace else run_lesson(root, lesson, size, params, out_dir)
         results.append(result)
         mark = "ok" if result.status == "ok" else f"FAILED at cell {result.failed_cell}: {result.error}"
-        tqdm.write(f"{result.seconds:7.1f} s  {lesson.path}  {mark}")
-    md = write_summary(out_dir, results, args.size)
+        tqdm.write(f"{result.cpu_seconds:6.1f} s CPU {result.seconds:6.1f} s wall  {lesson.path}  {mark}")
+    bar.close()
+    order = [lesson.path for lesson in select(root, [])]
+    md = write_summary(out_dir, results, size, order)
     print()
-    print(summary_markdown(results, args.size))
-    print(f"summary written to {md} and {md.with_suffix('.json')}")
+    print(summary_markdown(results, size))
+    print(f"summary of every notebook run so far written to {md} and {md.with_suffix('.json')}")
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
@@ -63,7 +71,7 @@ def cmd_list(args, root: Path) -> int:
         if summary.exists():
             data = json.loads(summary.read_text())
             for item in data["notebooks"]:
-                last[item["notebook"]] = {**item, "size": size, "finished": data["finished"]}
+                last[item["notebook"]] = {**item, "size": size}
     for number, (folder, title, topics) in enumerate(course.PHASES, start=1):
         entries = read_video_file(root / folder)
         print(f"{number:2d}. {title}  ({folder}, {len(entries)} lessons)")
@@ -75,7 +83,7 @@ def cmd_list(args, root: Path) -> int:
             run = last.get(path)
             ran = "not run"
             if run:
-                ran = f"last run {run['status']} ({run['size']}, {run['seconds']} s, {run['finished']})"
+                ran = f"last run {run['status']} ({run['size']}, {run.get('cpu_seconds')} s CPU, {run['finished']})"
             print(f"      {entry['title']:<48} {video:<13} {ran}")
     return 0
 
@@ -89,7 +97,7 @@ def cmd_check(args, root: Path) -> int:
     for rel in notebooks_on_disk(root):
         problems += [f"{rel}: {p}" for p in check_notebook(root, rel)]
     if not readme_is_fresh(root):
-        problems.append("README.md's roadmap table is stale: run `python -m llm_roadmap roadmap`")
+        problems.append("README.md's roadmap table is stale: run `python -m roadmap_tools roadmap`")
     for problem in problems:
         print("PROBLEM", problem)
     print(f"{len(problems)} problems in {len(notebooks_on_disk(root))} notebooks")
@@ -121,14 +129,21 @@ def cmd_slug(args, root: Path) -> int:
     return 0
 
 
+def cmd_env(args, root: Path) -> int:
+    from .environment import shell_exports
+
+    print(shell_exports(args.size))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .lessons import repo_root
 
-    parser = argparse.ArgumentParser(prog="python -m llm_roadmap", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m roadmap_tools", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute notebooks with papermill and summarise")
     run.add_argument("targets", nargs="*", help="phase folders or numbers, or notebook paths (default: all)")
-    run.add_argument("--size", choices=["small", "full"], default="small")
+    run.add_argument("--size", choices=["small", "full"], help="the config (default small; or -p SIZE=...)")
     run.add_argument("-p", "--param", action="append", type=_parse_param, metavar="KEY=VALUE")
     run.add_argument("--inplace", action="store_true", help="refresh the committed outputs (small config)")
     sub.add_parser("list", help="the roadmap: phases, lessons, video status, last run")
@@ -141,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     slug = sub.add_parser("slug", help="point every badge and install line at OWNER/REPO")
     slug.add_argument("slug")
     slug.add_argument("--branch")
+    env = sub.add_parser("env", help="the harness environment as shell exports (threads, offline flags, ...)")
+    env.add_argument("--size", choices=["small", "full"], default="small")
     args = parser.parse_args(argv)
     root = repo_root()
     handler = {"run": cmd_run, "list": cmd_list, "check": cmd_check, "roadmap": cmd_roadmap, "new": cmd_new,
-               "slug": cmd_slug}[args.command]
+               "slug": cmd_slug, "env": cmd_env}[args.command]
     return handler(args, root)
 
 

@@ -32,7 +32,8 @@ def header_source(path: str, title: str) -> str:
         "**Video:** coming.\n\n"
         "**You will learn**\n- ...\n\n"
         "**Prerequisites:** ...\n\n"
-        "**Runtime:** small config ~N s on a 2-core CPU (offline); full config ~M min on a Colab T4."
+        "**Runtime:** small config ~N s on a 2-core CPU (offline; `make refresh` writes the measured N); "
+        "full config ~M min on a Colab T4."
     )
 
 
@@ -84,7 +85,7 @@ def rewrite_slug(root: Path, new_slug: str, new_branch: str | None = None) -> li
              (f'REPO_SLUG = "{course.REPO_SLUG}"', f'REPO_SLUG = "{new_slug}"'),
              (f'BRANCH = "{course.BRANCH}"', f'BRANCH = "{branch}"')]
     changed = []
-    files = [*root.glob("*.md"), root / "llm_roadmap" / "course.py"]
+    files = [*root.glob("*.md"), root / "roadmap_tools" / "course.py"]
     for folder in course.PHASE_DIRS:
         files += [*(root / folder).glob("*.md"), *(root / folder).glob("*.ipynb")]
     for file in files:

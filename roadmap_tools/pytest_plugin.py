@@ -1,0 +1,119 @@
+"""pytest collects each lesson notebook as one test per seed: `phase01_foundations/01_math_for_ai.ipynb::seed1`.
+
+Each test executes the notebook's small config in a fresh kernel (roadmap_tools.execute, the runner's own code) in
+an empty working folder, as Colab would, and fails when
+- a cell raises (the message names the cell and the error),
+- an output holds a warning that means wrong results (environment.DENYLIST),
+- the run breaks the time budget (environment.BUDGET_S of CPU time, plus the margin),
+- for the first seed, which made the committed outputs: a cell marked `# NBVAL_CHECK_OUTPUT` prints otherwise.
+At the end it prints every run's CPU and wall time and the CI time projected for the full course.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from . import course, environment
+from .execute import checked_output_differences, execute
+
+PLANNED_NOTEBOOKS = 45  # the course's size once phases 5-10 land (for the CI-time projection)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("notebooks")
+    group.addoption("--seeds", default=",".join(map(str, environment.SEEDS)),
+                    help="seeds to run each notebook's small config with (first one: compare committed outputs)")
+
+
+def pytest_collect_file(file_path: Path, parent):
+    if file_path.suffix == ".ipynb" and file_path.parent.name in course.PHASE_DIRS:
+        return NotebookFile.from_parent(parent, path=file_path)
+    return None
+
+
+class NotebookFailure(Exception):
+    """A notebook run that broke one of the harness's rules; the message says which and where."""
+
+
+class NotebookFile(pytest.File):
+    def collect(self):
+        seeds = [int(s) for s in self.config.getoption("seeds").split(",") if s.strip()]
+        for seed in seeds:
+            yield NotebookRun.from_parent(self, name=f"seed{seed}", seed=seed, compare=(seed == environment.SEEDS[0]))
+
+
+class NotebookRun(pytest.Item):
+    def __init__(self, *, seed: int, compare: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.seed, self.compare = seed, compare
+
+    def runtest(self):
+        with tempfile.TemporaryDirectory(prefix="nbrun-") as folder:
+            run = execute(self.path, {"SIZE": "small", "SEED": self.seed}, size="small", cwd=Path(folder))
+        self.user_properties.append(("notebook_run", {"notebook": self.nodeid.split("::")[0], "seed": self.seed,
+                                                      "cpu_s": run.cpu_s, "wall_s": run.wall_s,
+                                                      "status": run.status}))
+        problems = []
+        if run.status != "ok":
+            problems.append(f"cell {run.failed_cell} failed with SEED={self.seed}: {run.error}\n\n"
+                            + _plain(run.traceback or ""))
+        if run.denied:
+            problems.append("warnings that mean wrong results (fix the lesson, do not filter them):\n  "
+                            + "\n  ".join(run.denied))
+        if run.status == "ok" and run.over_budget:
+            problems.append(f"over the time budget: {run.over_budget}")
+        if run.status == "ok" and self.compare:
+            problems += checked_output_differences(nbformat.read(self.path, as_version=4), run.nb)
+        if problems:
+            raise NotebookFailure("\n\n".join(problems))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, NotebookFailure):
+            return f"{self.nodeid}:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name} [SEED={self.seed}]"
+
+
+def _plain(text: str) -> str:
+    """A traceback without terminal colour codes."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+_runs: list[dict] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _runs.extend(value for key, value in report.user_properties if key == "notebook_run")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not _runs:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("notebook runs: CPU and wall seconds (small config), slowest first")
+    limit = environment.cpu_limit_s()
+    for run in sorted(_runs, key=lambda r: -r["cpu_s"]):
+        flag = "OVER BUDGET" if run["cpu_s"] > limit else ""
+        write(f"{run['cpu_s']:7.1f} {run['wall_s']:7.1f}  {run['status']:<6} {run['notebook']} "
+              f"[SEED={run['seed']}] {flag}")
+    notebooks = {r["notebook"] for r in _runs}
+    seeds = len({r["seed"] for r in _runs})
+    mean_wall = sum(r["wall_s"] for r in _runs) / len(_runs)
+    workers = max(1, getattr(config.option, "numprocesses", None) or 1) if hasattr(config.option, "dist") else 1
+    projected = mean_wall * PLANNED_NOTEBOOKS * seeds / workers / 60
+    write(f"{len(_runs)} runs of {len(notebooks)} notebooks; mean {mean_wall:.1f} s wall per run; projected for "
+          f"{PLANNED_NOTEBOOKS} notebooks x {seeds} seeds on {workers} worker(s): ~{projected:.0f} min")
+    out = Path(config.rootpath) / "runs" / "test"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "notebook_times.json").write_text(json.dumps(sorted(_runs, key=lambda r: (r["notebook"], r["seed"])),
+                                                        indent=1))
