@@ -72,6 +72,20 @@ def pick_dtype(device: str):
     return torch.float32
 
 
+def trainer_precision(device: str) -> dict[str, bool]:
+    """The precision flags for transformers' TrainingArguments and TRL's configs (SFTConfig, DPOConfig, GRPOConfig).
+
+    The course's one precision rule, the same as pick_dtype: fp32 on CPU, fp16 mixed precision on GPUs without bf16
+    (a T4), bf16 where supported. TRL's configs default to bf16=True, which fails on CPU and is emulated (slow, and
+    not what a comparison against fp32 expects) on a T4: always pass these flags, e.g. SFTConfig(**trainer_precision(
+    device), ...).
+    """
+    import torch
+
+    dtype = pick_dtype(device)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": not device.startswith("cuda")}
+
+
 def describe_runtime() -> str:
     """One line naming python, torch and the device, for the top of a notebook."""
     parts = [f"python {sys.version.split()[0]}"]

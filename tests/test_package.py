@@ -9,7 +9,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from llm_roadmap.config import pick_dtype, resolve_size, seed_everything
+from llm_roadmap.config import pick_dtype, resolve_size, seed_everything, trainer_precision
 from llm_roadmap.data import FullConfigUnavailable, load_hub_dataset, pydoc_text, pydoc_topics, stdlib_docstrings
 from llm_roadmap.report import RESULTS_MIME, record_results, results_from_notebook
 from roadmap_tools import checks, course, roadmap, scaffold
@@ -55,6 +55,16 @@ def test_pick_dtype_cpu():
     import torch
 
     assert pick_dtype("cpu") == torch.float32
+    assert trainer_precision("cpu") == {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def test_trainer_precision_follows_the_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4
+    assert trainer_precision("cuda") == {"bf16": False, "fp16": True, "use_cpu": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # an A100, an H100
+    assert trainer_precision("cuda") == {"bf16": True, "fp16": False, "use_cpu": False}
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
