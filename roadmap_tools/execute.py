@@ -94,6 +94,40 @@ def denied_in(nb) -> list[str]:
     return found
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def flatten_progress_bars(nb) -> None:
+    """Replace each tqdm.auto progress bar (a Jupyter widget) with the text of its final state.
+
+    A widget output keeps, as its text fallback, the bar as first drawn ("0%|          | 0/60"): GitHub and any viewer
+    without the widget state would show every bar frozen at 0%. The final state is in the widget models that the
+    executor stored; the bar becomes plain text, e.g. "train: 100%|██████████| 60/60 [00:02<00:00, 29.1it/s]".
+    """
+    import html
+
+    state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+    def model(ref: str) -> dict:
+        return state.get(ref.removeprefix("IPY_MODEL_"), {}).get("state", {})
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            box = state.get(view.get("model_id"), {}) if view else {}
+            children = box.get("state", {}).get("children", [])
+            if box.get("model_name") != "HBoxModel" or len(children) != 3:
+                continue
+            left, progress, right = (model(ref) for ref in children)
+            if "max" not in progress:
+                continue
+            filled = round(10 * progress.get("value", 0) / progress["max"]) if progress["max"] else 10
+            text = (html.unescape(left.get("value", "")) + "|" + "█" * filled + " " * (10 - filled) + "|"
+                    + html.unescape(right.get("value", ""))).replace("\u2007", " ")
+            out["data"] = {"text/plain": text}
+
+
 def _cpu_seconds(process) -> float:
     t = process.cpu_times()
     return t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
@@ -122,7 +156,7 @@ def execute(path: Path, parameters: dict[str, Any] | None = None, *, size: str =
     folder = Path(cwd or path.parent)
     # log_level=ERROR: no "Kernel is running over TCP without encryption" notice per notebook (the kernel listens
     # on 127.0.0.1 only); errors in the notebook still come back as outputs.
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(folder)}})
     status, failed, error, trace = "ok", None, None, None
@@ -147,6 +181,8 @@ def execute(path: Path, parameters: dict[str, Any] | None = None, *, size: str =
             except psutil.Error:  # the kernel is gone (it died); CPU time is then unknown
                 cpu = float("nan")
     wall = time.perf_counter() - start
+    client.set_widgets_metadata()  # the widgets' final states, which nbclient stores at the end of execute()
+    flatten_progress_bars(nb)
     return Execution(nb=nb, status=status, cpu_s=round(cpu, 1), wall_s=round(wall, 1),
                      failed_cell=None if failed is None else source_index(nb, failed),
                      error=error, traceback=trace, denied=denied_in(nb))

@@ -194,3 +194,12 @@ def test_unlisted_notebook_is_reported_beside_other_problems(tmp_course, add_les
     found = "\n".join(checks.video_files(tmp_course))
     assert "lacks" in found, found
     assert "02_unlisted.ipynb has no entry" in found, "another phase's problem hid the unlisted notebook"
+
+
+def test_progress_bars_are_committed_in_their_final_state(tmp_path):
+    bars = "from tqdm.auto import tqdm, trange\nfor i in trange(50, desc='demo'):\n    pass\n"
+    run = execute(_notebook(tmp_path, bars + "bar = tqdm(total=10, desc='half')\nbar.update(5)\nbar.close()"), {})
+    texts = [o["data"]["text/plain"] for o in run.nb.cells[-1].outputs if o["output_type"] == "display_data"]
+    assert texts[0].startswith("demo: 100%|██████████| 50/50 [") and " 0%|" not in texts[0], texts
+    assert texts[1].startswith("half:  50%|█████     | 5/10 ["), texts
+    assert "widgets" not in run.nb.metadata and all("widget" not in str(o) for o in run.nb.cells[-1].outputs)
