@@ -86,8 +86,23 @@ def trainer_precision(device: str) -> dict[str, bool]:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": not device.startswith("cuda")}
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), for naming the hardware behind a timing."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_runtime() -> str:
-    """One line naming python, torch and the device, for the top of a notebook."""
+    """One line naming python, torch and the device (for a CPU: its model, the vector instructions torch uses, the
+    threads), for the top of a notebook: a speed-up measured below is a fact about this hardware."""
     parts = [f"python {sys.version.split()[0]}"]
     try:
         import torch
@@ -96,7 +111,9 @@ def describe_runtime() -> str:
         if torch.cuda.is_available():
             parts.append(f"GPU {torch.cuda.get_device_name(0)}")
         else:
-            parts.append(f"CPU ({torch.get_num_threads()} threads)")
+            threads = torch.get_num_threads()
+            capability = torch.backends.cpu.get_cpu_capability()
+            parts.append(f"CPU {cpu_name()} ({capability}, {threads} thread{'s' if threads != 1 else ''})")
     except ImportError:
         parts.append("torch not installed")
     parts.append("Colab" if in_colab() else "local")
