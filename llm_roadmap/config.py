@@ -43,6 +43,42 @@ def resolve_size(size: str = "auto") -> str:
     return size
 
 
+CAPPED_ENV = "LLM_ROADMAP_CAPPED"
+
+
+def capped(full, small):
+    """The full config with every integer capped at the small config's value under the same key (recursively), and
+    every list of numbers (sizes, lengths, ranks) replaced by the small config's list.
+
+    What the harness's full-path run uses: the full code path (hub models and data sets, here tiny stand-ins) with
+    the small config's steps, sizes and counts, so that it runs on a CPU in seconds. Strings, floats, booleans and
+    keys the small config lacks stay as the full config has them.
+    """
+    def is_int(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def is_numbers(x) -> bool:
+        return isinstance(x, (list, tuple)) and all(is_int(v) or isinstance(v, float) for v in x)
+
+    if isinstance(full, dict) and isinstance(small, dict):
+        return {key: capped(value, small[key]) if key in small else value for key, value in full.items()}
+    if is_int(full) and is_int(small):
+        return min(full, small)
+    if is_numbers(full) and is_numbers(small):
+        return small
+    return full
+
+
+def pick_config(configs: dict[str, dict], size: str) -> dict:
+    """The config for a resolved size: configs[size], except that the full config is capped (see `capped`) when the
+    environment variable LLM_ROADMAP_CAPPED is 1, as the harness sets it to exercise full code paths on a CPU."""
+    if size not in configs:
+        raise ValueError(f"no config named {size!r}; the notebook defines {sorted(configs)}")
+    if size == "full" and os.environ.get(CAPPED_ENV, "") == "1":
+        return capped(configs["full"], configs.get("small", {}))
+    return configs[size]
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's, numpy's and torch's generators (CPU and CUDA)."""
     random.seed(seed)

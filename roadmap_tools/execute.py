@@ -31,6 +31,7 @@ class Execution:
     error: str | None = None  # one line: "AssertionError: ..."
     traceback: str | None = None
     denied: list[str] = field(default_factory=list)  # denylisted warnings found in the outputs
+    tolerated: list[str] = field(default_factory=list)  # "cell N: AssertionError: ..." for errors run past
 
     @property
     def over_budget(self) -> str | None:
@@ -135,12 +136,13 @@ def _cpu_seconds(process) -> float:
 
 def execute(path: Path, parameters: dict[str, Any] | None = None, *, size: str = "small",
             cwd: Path | None = None, timeout: int = environment.CELL_TIMEOUT_S,
-            extra_env: dict[str, str] | None = None) -> Execution:
+            extra_env: dict[str, str] | None = None, tolerate: tuple[str, ...] = ()) -> Execution:
     """Run the notebook at `path` top to bottom in a fresh kernel with `parameters` injected.
 
     The kernel's working folder is `cwd` (default: the notebook's folder) and its environment is the harness's
     (environment.kernel_env(size), with `extra_env` on top). Never raises for a failing cell: the result says
-    where and why.
+    where and why. A cell failing with an exception named in `tolerate` (e.g. "AssertionError") is recorded in
+    `tolerated` and execution goes on with the next cell.
     """
     import psutil
     from nbclient import NotebookClient
@@ -159,7 +161,7 @@ def execute(path: Path, parameters: dict[str, Any] | None = None, *, size: str =
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(folder)}})
-    status, failed, error, trace = "ok", None, None, None
+    status, failed, error, trace, tolerated = "ok", None, None, None, []
     start = time.perf_counter()
     cpu = 0.0
     with client.setup_kernel(env={**environment.kernel_env(size), **(extra_env or {})}):
@@ -167,7 +169,12 @@ def execute(path: Path, parameters: dict[str, Any] | None = None, *, size: str =
         try:
             for index, cell in enumerate(nb.cells):
                 failed = index
-                client.execute_cell(cell, index)
+                try:
+                    client.execute_cell(cell, index)
+                except CellExecutionError as err:
+                    if err.ename not in tolerate:
+                        raise
+                    tolerated.append(f"cell {source_index(nb, index)}: {err.ename}: {err.evalue}")
             failed = None
         except CellExecutionError as err:
             status, error, trace = "failed", f"{err.ename}: {err.evalue}", str(err)
@@ -185,7 +192,7 @@ def execute(path: Path, parameters: dict[str, Any] | None = None, *, size: str =
     flatten_progress_bars(nb)
     return Execution(nb=nb, status=status, cpu_s=round(cpu, 1), wall_s=round(wall, 1),
                      failed_cell=None if failed is None else source_index(nb, failed),
-                     error=error, traceback=trace, denied=denied_in(nb))
+                     error=error, traceback=trace, denied=denied_in(nb), tolerated=tolerated)
 
 
 def checked_output_differences(source, executed) -> list[str]:

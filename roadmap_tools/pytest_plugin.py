@@ -6,6 +6,13 @@ an empty working folder, as Colab would, and fails when
 - an output holds a warning that means wrong results (environment.DENYLIST),
 - the run breaks the time budget (environment.BUDGET_S of CPU time, plus the margin),
 - for the first seed, which made the committed outputs: a cell marked `# NBVAL_CHECK_OUTPUT` prints otherwise.
+
+A further test per notebook, `::full`, runs its FULL code path on the CPU against the stand-in hub
+(roadmap_tools/standin_hub.py: tiny models and data sets under the real ids) with the full config's integers capped
+at the small config's (llm_roadmap.config.pick_config, LLM_ROADMAP_CAPPED=1). It fails on any error except a failed
+assert (a claim measured on tiny random stand-ins means nothing; those are listed, and the run goes on), on a
+denylisted warning, and on the time budget. It catches what only the full path has: a wrong column, a hub id, a
+dtype switch that fails on the device, a code path nobody ran.
 At the end it prints every run's CPU and wall time and the CI time projected for the full course.
 """
 
@@ -18,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from . import course, environment
+from . import course, environment, standin_hub
 from .execute import checked_output_differences, execute
 
 PLANNED_NOTEBOOKS = 45  # the course's size once phases 5-10 land (for the CI-time projection)
@@ -28,6 +35,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("notebooks")
     group.addoption("--seeds", default=",".join(map(str, environment.SEEDS)),
                     help="seeds to run each notebook's small config with (first one: compare committed outputs)")
+    group.addoption("--no-full-path", action="store_true",
+                    help="skip the full code path runs against the stand-in hub")
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -45,6 +54,8 @@ class NotebookFile(pytest.File):
         seeds = [int(s) for s in self.config.getoption("seeds").split(",") if s.strip()]
         for seed in seeds:
             yield NotebookRun.from_parent(self, name=f"seed{seed}", seed=seed, compare=(seed == environment.SEEDS[0]))
+        if not self.config.getoption("no_full_path"):
+            yield FullPathRun.from_parent(self, name="full")
 
 
 class NotebookRun(pytest.Item):
@@ -81,6 +92,50 @@ class NotebookRun(pytest.Item):
         return self.path, None, f"{self.path.name} [SEED={self.seed}]"
 
 
+def _standin_folder(config) -> Path:
+    """The stand-in hub, built once per checkout (a file lock keeps parallel workers from building it twice)."""
+    import fcntl
+
+    folder = Path(config.rootpath) / standin_hub.DEFAULT_FOLDER
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(folder) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        standin_hub.build(folder)
+    return folder
+
+
+class FullPathRun(pytest.Item):
+    def runtest(self):
+        env = {**standin_hub.environment(_standin_folder(self.config)), "LLM_ROADMAP_CAPPED": "1",
+               "CUDA_VISIBLE_DEVICES": ""}
+        with tempfile.TemporaryDirectory(prefix="nbfull-") as folder:
+            run = execute(self.path, {"SIZE": "full", "SEED": 0}, size="small", cwd=Path(folder), extra_env=env,
+                          tolerate=("AssertionError",))
+        self.user_properties.append(("notebook_run", {"notebook": self.nodeid.split("::")[0], "seed": "full",
+                                                      "cpu_s": run.cpu_s, "wall_s": run.wall_s,
+                                                      "status": run.status}))
+        if run.tolerated:
+            self.user_properties.append(("claims_not_tested", run.tolerated))
+        problems = []
+        if run.status != "ok":
+            problems.append(f"the FULL code path (stand-in hub, capped sizes) failed at cell {run.failed_cell}: "
+                            f"{run.error}\n\n" + _plain(run.traceback or ""))
+        if run.denied:
+            problems.append("warnings that mean wrong results:\n  " + "\n  ".join(run.denied))
+        if run.status == "ok" and run.over_budget:
+            problems.append(f"over the time budget: {run.over_budget}")
+        if problems:
+            raise NotebookFailure("\n\n".join(problems))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, NotebookFailure):
+            return f"{self.nodeid}:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name} [full path, stand-in hub]"
+
+
 def _plain(text: str) -> str:
     """A traceback without terminal colour codes."""
     import re
@@ -89,31 +144,38 @@ def _plain(text: str) -> str:
 
 
 _runs: list[dict] = []
+_untested: list[tuple[str, str]] = []
 
 
 def pytest_runtest_logreport(report):
     if report.when == "call":
         _runs.extend(value for key, value in report.user_properties if key == "notebook_run")
+        _untested.extend((report.nodeid, claim) for key, value in report.user_properties
+                         if key == "claims_not_tested" for claim in value)
 
 
 def pytest_terminal_summary(terminalreporter, config):
     if not _runs:
         return
     write = terminalreporter.write_line
-    terminalreporter.section("notebook runs: CPU and wall seconds (small config), slowest first")
+    terminalreporter.section("notebook runs: CPU and wall seconds, slowest first")
     limit = environment.cpu_limit_s()
-    for run in sorted(_runs, key=lambda r: -r["cpu_s"]):
+    for run in sorted(_runs, key=lambda r: -(r["cpu_s"] if r["cpu_s"] == r["cpu_s"] else 0)):
         flag = "OVER BUDGET" if run["cpu_s"] > limit else ""
         write(f"{run['cpu_s']:7.1f} {run['wall_s']:7.1f}  {run['status']:<6} {run['notebook']} "
-              f"[SEED={run['seed']}] {flag}")
+              f"[{'full path' if run['seed'] == 'full' else 'SEED=' + str(run['seed'])}] {flag}")
+    if _untested:
+        terminalreporter.section("full paths: asserts that failed on the stand-ins (claims need the real data)")
+        for nodeid, claim in _untested:
+            write(f"{nodeid}  {claim[:150]}")
     notebooks = {r["notebook"] for r in _runs}
-    seeds = len({r["seed"] for r in _runs})
+    per_notebook = len({r["seed"] for r in _runs})  # the seeds, and the full path
     mean_wall = sum(r["wall_s"] for r in _runs) / len(_runs)
     workers = max(1, getattr(config.option, "numprocesses", None) or 1) if hasattr(config.option, "dist") else 1
-    projected = mean_wall * PLANNED_NOTEBOOKS * seeds / workers / 60
+    projected = mean_wall * PLANNED_NOTEBOOKS * per_notebook / workers / 60
     write(f"{len(_runs)} runs of {len(notebooks)} notebooks; mean {mean_wall:.1f} s wall per run; projected for "
-          f"{PLANNED_NOTEBOOKS} notebooks x {seeds} seeds on {workers} worker(s): ~{projected:.0f} min")
+          f"{PLANNED_NOTEBOOKS} notebooks x {per_notebook} runs on {workers} worker(s): ~{projected:.0f} min")
     out = Path(config.rootpath) / "runs" / "test"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "notebook_times.json").write_text(json.dumps(sorted(_runs, key=lambda r: (r["notebook"], r["seed"])),
+    (out / "notebook_times.json").write_text(json.dumps(sorted(_runs, key=lambda r: (r["notebook"], str(r["seed"]))),
                                                         indent=1))

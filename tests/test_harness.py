@@ -203,3 +203,50 @@ def test_progress_bars_are_committed_in_their_final_state(tmp_path):
     assert texts[0].startswith("demo: 100%|██████████| 50/50 [") and " 0%|" not in texts[0], texts
     assert texts[1].startswith("half:  50%|█████     | 5/10 ["), texts
     assert "widgets" not in run.nb.metadata and all("widget" not in str(o) for o in run.nb.cells[-1].outputs)
+
+
+# --- the full code path against the stand-in hub -------------------------------------------------------------------
+FULL_PATH_LESSON = '''from llm_roadmap.config import pick_config, resolve_size
+from llm_roadmap.data import load_hub_dataset
+CONFIGS = {"small": dict(data=None, n=50, steps=3), "full": dict(data="ylecun/mnist", n=60_000, steps=5000)}
+size = resolve_size(SIZE)
+cfg = pick_config(CONFIGS, size)
+if cfg["data"]:
+    train = load_hub_dataset(cfg["data"], split="train").select(range(cfg["n"]))
+    labels = train[COLUMN]
+    assert cfg["steps"] == 3 and cfg["n"] == 50, "the harness caps the full config's integers"
+    assert len(labels) == 1_000_000, "a claim that needs the real data set"
+print("reached the end")
+'''
+
+
+def test_the_full_path_runs_against_the_standin_hub(tmp_course, add_lesson):
+    add_lesson(tmp_course, FULL_PATH_LESSON.replace("COLUMN", '"label"'))
+    result = _pytest_notebooks(tmp_course, "--seeds", "0", "-k", "full", "--rootdir", str(tmp_course))
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout
+    assert "asserts that failed on the stand-ins" in result.stdout and "needs the real data set" in result.stdout
+
+
+def test_the_full_path_catches_a_wrong_column(tmp_course, add_lesson):
+    add_lesson(tmp_course, FULL_PATH_LESSON.replace("COLUMN", '"labels"'))  # MNIST's column is "label"
+    result = _pytest_notebooks(tmp_course, "--seeds", "0", "-k", "full")
+    assert result.returncode == 1 and "the FULL code path" in result.stdout, result.stdout
+    assert "Column 'labels' doesn't exist" in result.stdout, result.stdout
+    small = _pytest_notebooks(tmp_course, "--seeds", "0", "--no-full-path")
+    assert small.returncode == 0, "the small config alone never reads the column: only the full path can catch it"
+
+
+def test_the_full_path_catches_a_missing_dtype_switch(tmp_course, add_lesson):
+    body = ('from llm_roadmap.config import pick_config, resolve_size, trainer_precision\n'
+            'from trl import SFTConfig\n'
+            'size = resolve_size(SIZE)\n'
+            'flags = dict(use_cpu=True, bf16=False) if size == "small" else {}  # the bug: no switch in full\n'
+            'SFTConfig(output_dir="out", report_to="none", **flags)\n')
+    add_lesson(tmp_course, body)
+    result = _pytest_notebooks(tmp_course, "--seeds", "0")
+    assert result.returncode == 1 and "1 failed, 1 passed" in result.stdout and "::full" in result.stdout, (
+        result.stdout)
+    add_lesson(tmp_course, body.replace('dict(use_cpu=True, bf16=False) if size == "small" else {}',
+                                        'trainer_precision("cpu")'), name="02_fixed.ipynb")
+    fixed = _pytest_notebooks(tmp_course, "--seeds", "0", "-k", "02_fixed")
+    assert fixed.returncode == 0, fixed.stdout

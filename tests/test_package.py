@@ -224,3 +224,19 @@ def test_install_detection_ignores_messages(tmp_course, add_lesson):
     sneaky = 'import subprocess, sys\nsubprocess.run([sys.executable, "-m", "pip", "install", "x"])'
     rel2 = add_lesson(tmp_course, sneaky, name="02_sneaky.ipynb")
     assert any("outside the Colab-only" in p for p in checks.check_notebook(tmp_course, rel2))
+
+
+def test_capped_full_config_keeps_the_full_path_with_small_counts(monkeypatch):
+    from llm_roadmap.config import pick_config
+
+    configs = {"small": dict(steps=30, model=None, lr=1e-3, tiny=dict(n_layer=2, d=64), fp16=False, lens=(8, 16)),
+               "full": dict(steps=5000, model="org/name", lr=3e-4, tiny=dict(n_layer=12, d=768), fp16=True, extra=7,
+                            lens=(512, 1024, 2048))}
+    monkeypatch.delenv("LLM_ROADMAP_CAPPED", raising=False)
+    assert pick_config(configs, "full") is configs["full"]
+    monkeypatch.setenv("LLM_ROADMAP_CAPPED", "1")
+    assert pick_config(configs, "full") == dict(steps=30, model="org/name", lr=3e-4, tiny=dict(n_layer=2, d=64),
+                                                fp16=True, extra=7, lens=(8, 16))
+    assert pick_config(configs, "small") is configs["small"]
+    with pytest.raises(ValueError, match="no config named"):
+        pick_config(configs, "medium")

@@ -1,4 +1,9 @@
-"""Data that is always there offline (Python's own documentation), and the full config's hub loaders."""
+"""Data that is always there offline (Python's own documentation), and the full config's hub loaders.
+
+The hub loaders have one switch for tests: when LLM_ROADMAP_STANDIN names a folder built by the course's stand-in hub
+(`python -m roadmap_tools standin-hub`), data sets come from its tiny parquet files under the same ids, splits and
+columns, and models from its Hugging Face cache (HF_HUB_CACHE), so a full config's code path runs offline.
+"""
 
 from __future__ import annotations
 
@@ -61,9 +66,20 @@ class FullConfigUnavailable(RuntimeError):
     """The full config needs something this machine lacks (a GPU, the network, the hub)."""
 
 
+STANDIN_ENV = "LLM_ROADMAP_STANDIN"
+
+
+def standin_folder():
+    """The stand-in hub's folder when LLM_ROADMAP_STANDIN names one, else None."""
+    from pathlib import Path
+
+    folder = os.environ.get(STANDIN_ENV, "").strip()
+    return Path(folder) if folder else None
+
+
 def require_hub(what: str) -> None:
     """Fail early, with what to do, when a full-config resource cannot be reached."""
-    if hub_offline():
+    if hub_offline() and standin_folder() is None:
         raise FullConfigUnavailable(
             f"{what} comes from the Hugging Face hub, which is switched off here (HF_HUB_OFFLINE=1). "
             "The full config needs a GPU and network (e.g. Colab); run with SIZE='small'.")
@@ -74,12 +90,29 @@ def load_hub_dataset(path: str, *args, **kwargs):
     require_hub(f"the data set {path!r}")
     from datasets import load_dataset
 
+    if standin_folder() is not None:
+        return _load_standin_dataset(path, *args, **kwargs)
     try:
         return load_dataset(path, *args, **kwargs)
     except (ConnectionError, OSError) as err:
         raise FullConfigUnavailable(
             f"could not download the data set {path!r} ({type(err).__name__}: {err}). "
             "The full config needs network access; run with SIZE='small'.") from err
+
+
+def _load_standin_dataset(path: str, name: str | None = None, split: str | None = None, **kwargs):
+    """The stand-in of hub data set `path` (subset `name`): its parquet files, one per split."""
+    from datasets import load_dataset
+
+    folder = standin_folder() / "datasets" / path.replace("/", "--")
+    if name is not None:
+        folder = folder / name
+    files = {file.stem: str(file) for file in sorted(folder.glob("*.parquet"))}
+    if not files:
+        raise FullConfigUnavailable(f"the stand-in hub at {standin_folder()} has no data set {path!r}"
+                                    + (f" (subset {name!r})" if name else "")
+                                    + ": add it to roadmap_tools/standin_hub.py and rebuild the stand-in hub")
+    return load_dataset("parquet", data_files=files, split=split)
 
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

@@ -1,0 +1,168 @@
+"""The stand-in hub: tiny versions of every hub model and data set the lessons' full configs name, under the same ids,
+so that each full code path runs offline on a CPU (`python -m roadmap_tools standin-hub [FOLDER]`).
+
+- Models: the same model class and tokenizer type as the real checkpoint, a few layers of width 64, saved in the
+  Hugging Face cache layout (FOLDER/hub/models--ORG--NAME/snapshots/REV/, refs/main), so that
+  `from_pretrained("ORG/NAME")` resolves with HF_HUB_CACHE=FOLDER/hub and HF_HUB_OFFLINE=1.
+- Data sets: the same splits and columns as the real ones, as parquet files (FOLDER/datasets/ORG--NAME[/SUBSET]/
+  SPLIT.parquet), read by `llm_roadmap.data.load_hub_dataset` when LLM_ROADMAP_STANDIN=FOLDER (datasets' offline
+  mode cannot resolve a hand-built cache; FACTS.md).
+- Downloaded texts (TinyShakespeare): the download cache (FOLDER/cache, LLM_ROADMAP_CACHE) holds a stand-in text.
+
+A new lesson that names a new hub id adds it to MODELS or DATASETS here; `environment()` gives the variables that
+point a kernel at the stand-ins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+DEFAULT_FOLDER = ".standin-hub"
+VERSION = "1"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
+
+# hub id -> (kind of model, the real model's special tokens and chat template, for the tokenizer)
+MODELS = {
+    "openai-community/gpt2": "gpt2",
+    "gpt2": "gpt2",  # the legacy alias some code still uses
+    "HuggingFaceTB/SmolLM2-135M": "smollm2",
+}
+# (hub id, subset or None) -> builder name
+DATASETS = {
+    ("ylecun/mnist", None): "mnist",
+    ("HuggingFaceTB/smoltalk", "everyday-conversations"): "smoltalk",
+}
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def stamp() -> str:
+    spec = json.dumps([VERSION, MODELS, sorted(map(str, DATASETS.items()))], sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:40]
+
+
+def environment(folder: Path) -> dict[str, str]:
+    """The variables that make a kernel's hub loads use the stand-ins in `folder` (offline)."""
+    folder = Path(folder).resolve()
+    return {"HF_HUB_CACHE": str(folder / "hub"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "LLM_ROADMAP_STANDIN": str(folder), "LLM_ROADMAP_CACHE": str(folder / "cache")}
+
+
+def _tokenizer(kind: str):
+    """A byte-level BPE tokenizer of the real model's type (GPT2TokenizerFast), trained on Python's help text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    from llm_roadmap.data import pydoc_text
+
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if kind == "smollm2" else [])
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator([pydoc_text()[:200_000]], trainer)
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>", model_max_length=2048)
+    if kind == "smollm2":
+        tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def _model(kind: str, vocab_size: int):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4,
+                                          bos_token_id=0, eos_token_id=0))
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                         rope_theta=100_000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0,
+                         eos_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+def _save_model(hub: Path, repo_id: str, kind: str, revision: str) -> None:
+    tokenizer = _tokenizer(kind)
+    model = _model(kind, len(tokenizer))
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    model.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+def _mnist():
+    """28x28 grey digits with labels: scikit-learn's 8x8 digits scaled up (so that the stand-in is learnable)."""
+    import numpy as np
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [np.pad(np.kron(im, np.ones((3, 3))), 2) * (255.0 / 16.0) for im in digits.images]
+    rows = [{"image": PILImage.fromarray(im.astype(np.uint8), mode="L"), "label": int(y)}
+            for im, y in zip(images, digits.target, strict=True)]
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    return {"train": Dataset.from_list(rows[:1500], features=features),
+            "test": Dataset.from_list(rows[1500:], features=features)}
+
+
+def _smoltalk():
+    """Short two-turn chats in smoltalk's format: a `messages` list of {content, role} and a `full_topic`."""
+    from datasets import Dataset
+
+    topics = ["the weather", "a recipe", "a book", "the train", "a walk", "music", "a garden", "tea"]
+    rows = []
+    for i in range(240):
+        topic = topics[i % len(topics)]
+        rows.append({"full_topic": f"Everyday/{topic}", "messages": [
+            {"content": f"Hi! Can you tell me something about {topic}?", "role": "user"},
+            {"content": f"Of course. Here is a short note on {topic}, number {i}.", "role": "assistant"},
+            {"content": "Thanks, that helps.", "role": "user"},
+            {"content": "You are welcome.", "role": "assistant"}]})
+    return {"train": Dataset.from_list(rows[:200]), "test": Dataset.from_list(rows[200:])}
+
+
+def _standin_text() -> str:
+    from llm_roadmap.data import stdlib_docstrings
+
+    return stdlib_docstrings(max_chars=300_000)
+
+
+def build(folder: Path | str = DEFAULT_FOLDER, force: bool = False) -> Path:
+    """Build the stand-in hub in `folder` (skipped when it is already built from the same spec); return it."""
+    import datasets
+    import transformers
+
+    from llm_roadmap.data import TINY_SHAKESPEARE_URL
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    folder = Path(folder).resolve()
+    done = folder / "STAMP"
+    if not force and done.exists() and done.read_text() == stamp():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    revision = stamp()
+    for repo_id, kind in MODELS.items():
+        _save_model(folder / "hub", repo_id, kind, revision)
+    builders = {"mnist": _mnist, "smoltalk": _smoltalk}
+    for (repo_id, subset), name in DATASETS.items():
+        target = folder / "datasets" / repo_id.replace("/", "--")
+        if subset:
+            target = target / subset
+        target.mkdir(parents=True, exist_ok=True)
+        for split, dataset in builders[name]().items():
+            dataset.to_parquet(str(target / f"{split}.parquet"))
+    cache = folder / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    url_key = hashlib.sha256(TINY_SHAKESPEARE_URL.encode()).hexdigest()[:16]
+    (cache / f"{url_key}.txt").write_text(_standin_text(), encoding="utf-8")
+    done.write_text(stamp())
+    return folder
