@@ -76,6 +76,59 @@ def check_notebook(root: Path, rel_path: str) -> list[str]:
                 problems.append(f"cell {i} has a committed error output ({out.get('ename')}: {out.get('evalue')})")
     problems += [f"a committed output holds a warning that means wrong results: {w}" for w in denied_in(nb)]
     problems += runtime_problems(nb)
+    problems += precision_problems(nb)
+    return problems
+
+
+TRAINER_CONFIGS = {"TrainingArguments", "Seq2SeqTrainingArguments", "SFTConfig", "DPOConfig", "GRPOConfig",
+                   "RewardConfig", "PPOConfig", "KTOConfig", "ORPOConfig", "CPOConfig"}
+
+
+def _code_cells_ast(nb):
+    import ast
+
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        lines = [line for line in _source(cell).splitlines() if not line.lstrip().startswith(("%", "!"))]
+        try:
+            yield ast.parse("\n".join(lines))
+        except SyntaxError:
+            continue
+
+
+def precision_problems(nb) -> list[str]:
+    """Every Trainer/TRL config must take its precision flags from llm_roadmap.config.trainer_precision.
+
+    TRL's configs default to bf16=True: a notebook that switches it off only for the CPU runs emulated bf16 on a T4
+    (or fails) in the full config, which a CPU never executes. The rule is checked statically for that reason: a
+    `**trainer_precision(device)` splat in the call, directly or through a variable assigned from it.
+    """
+    import ast
+
+    trees = list(_code_cells_ast(nb))
+    assigned: dict[str, str] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                assigned[node.targets[0].id] = ast.unparse(node.value)
+
+    def uses_rule(text: str, depth: int = 3) -> bool:
+        if "trainer_precision(" in text:
+            return True
+        return depth > 0 and any(uses_rule(assigned[name], depth - 1) for name in assigned
+                                 if name in text.replace("(", " ").replace(",", " ").replace("*", " ").split())
+
+    problems = []
+    for tree in trees:
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if name in TRAINER_CONFIGS and not any(k.arg is None and uses_rule(ast.unparse(k.value))
+                                                   for k in node.keywords):
+                problems.append(f"{name}(...) does not take **trainer_precision(device) (llm_roadmap.config): TRL "
+                                "defaults to bf16, which the full config on a GPU then gets wrong")
     return problems
 
 

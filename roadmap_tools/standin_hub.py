@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 DEFAULT_FOLDER = ".standin-hub"
-VERSION = "1"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
+VERSION = "2"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
 
 # hub id -> (kind of model, the real model's special tokens and chat template, for the tokenizer)
 MODELS = {
@@ -97,20 +97,26 @@ def _save_model(hub: Path, repo_id: str, kind: str, revision: str) -> None:
     (repo / "refs" / "main").write_text(revision)
 
 
-def _mnist():
-    """28x28 grey digits with labels: scikit-learn's 8x8 digits scaled up (so that the stand-in is learnable)."""
+def _mnist(n_train: int = 6000, n_test: int = 1000):
+    """28x28 grey digits with labels: scikit-learn's 8x8 digits scaled up 3x and shifted by up to 2 pixels (learnable,
+    and as many rows as a capped full config asks for)."""
     import numpy as np
     from datasets import ClassLabel, Dataset, Features, Image
     from PIL import Image as PILImage
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = [np.pad(np.kron(im, np.ones((3, 3))), 2) * (255.0 / 16.0) for im in digits.images]
-    rows = [{"image": PILImage.fromarray(im.astype(np.uint8), mode="L"), "label": int(y)}
-            for im, y in zip(images, digits.target, strict=True)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_train + n_test):
+        k = i % len(digits.images)
+        canvas = np.zeros((28, 28))
+        dy, dx = rng.integers(0, 5, size=2)
+        canvas[dy:dy + 24, dx:dx + 24] = np.kron(digits.images[k], np.ones((3, 3))) * (255.0 / 16.0)
+        rows.append({"image": PILImage.fromarray(canvas.astype(np.uint8), mode="L"), "label": int(digits.target[k])})
     features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
-    return {"train": Dataset.from_list(rows[:1500], features=features),
-            "test": Dataset.from_list(rows[1500:], features=features)}
+    return {"train": Dataset.from_list(rows[:n_train], features=features),
+            "test": Dataset.from_list(rows[n_train:], features=features)}
 
 
 def _smoltalk():
@@ -119,14 +125,14 @@ def _smoltalk():
 
     topics = ["the weather", "a recipe", "a book", "the train", "a walk", "music", "a garden", "tea"]
     rows = []
-    for i in range(240):
+    for i in range(2400):
         topic = topics[i % len(topics)]
         rows.append({"full_topic": f"Everyday/{topic}", "messages": [
             {"content": f"Hi! Can you tell me something about {topic}?", "role": "user"},
             {"content": f"Of course. Here is a short note on {topic}, number {i}.", "role": "assistant"},
             {"content": "Thanks, that helps.", "role": "user"},
             {"content": "You are welcome.", "role": "assistant"}]})
-    return {"train": Dataset.from_list(rows[:200]), "test": Dataset.from_list(rows[200:])}
+    return {"train": Dataset.from_list(rows[:2200]), "test": Dataset.from_list(rows[2200:])}
 
 
 def _standin_text() -> str:
