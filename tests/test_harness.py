@@ -254,7 +254,7 @@ def test_the_full_path_catches_a_missing_dtype_switch(tmp_course, add_lesson):
 
 def test_precision_rule_is_checked_statically(tmp_course, add_lesson):
     """3.3's old bug: TRL's bf16 default switched off only on the CPU; the full config on a T4 then got it wrong."""
-    old = 'common = dict(use_cpu=True, bf16=False) if device == "cpu" else {}\nargs = SFTConfig(output_dir="o", **common)'
+    old = 'common = dict(use_cpu=True, bf16=False) if device == "cpu" else {}\nSFTConfig(output_dir="o", **common)'
     rel = add_lesson(tmp_course, old)
     assert any("trainer_precision" in p for p in checks.check_notebook(tmp_course, rel))
     fixed = 'common = dict(report_to="none", **trainer_precision(device))\nargs = SFTConfig(output_dir="o", **common)'
