@@ -1,4 +1,4 @@
-"""The course's command line: `python -m roadmap_tools run|list|check|roadmap|new|slug|env`."""
+"""The course's command line: `python -m roadmap_tools run|list|check|roadmap|new|slug|env|standin-hub`."""
 
 from __future__ import annotations
 
@@ -122,10 +122,25 @@ def cmd_new(args, root: Path) -> int:
 
 
 def cmd_slug(args, root: Path) -> int:
-    from .scaffold import rewrite_slug
+    from .scaffold import rewrite_slug, slug_problems
 
+    if args.check:
+        problems = slug_problems(root, args.slug)
+        for problem in problems:
+            print("PROBLEM", problem)
+        print(f"{len(problems)} badges or install lines that do not point at {args.slug}")
+        return 1 if problems else 0
     for path in rewrite_slug(root, args.slug, args.branch):
         print("rewrote", path.relative_to(root))
+    return 0
+
+
+def cmd_standin_hub(args, root: Path) -> int:
+    from .standin_hub import build, environment
+
+    folder = build(root / args.folder if not Path(args.folder).is_absolute() else Path(args.folder), force=args.force)
+    print(f"stand-in hub in {folder}; to point a shell (and the notebooks it starts) at it:")
+    print("\n".join(f"export {k}={v}" for k, v in environment(folder).items()))
     return 0
 
 
@@ -156,12 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     slug = sub.add_parser("slug", help="point every badge and install line at OWNER/REPO")
     slug.add_argument("slug")
     slug.add_argument("--branch")
+    slug.add_argument("--check", action="store_true",
+                      help="change nothing; fail when a badge or install line points elsewhere (CI on GitHub)")
+    hub = sub.add_parser("standin-hub", help="build tiny stand-ins of every hub model and data set the lessons name")
+    hub.add_argument("folder", nargs="?", default=".standin-hub")
+    hub.add_argument("--force", action="store_true", help="rebuild even when it is up to date")
     env = sub.add_parser("env", help="the harness environment as shell exports (threads, offline flags, ...)")
     env.add_argument("--size", choices=["small", "full"], default="small")
     args = parser.parse_args(argv)
     root = repo_root()
     handler = {"run": cmd_run, "list": cmd_list, "check": cmd_check, "roadmap": cmd_roadmap, "new": cmd_new,
-               "slug": cmd_slug, "env": cmd_env}[args.command]
+               "slug": cmd_slug, "env": cmd_env, "standin-hub": cmd_standin_hub}[args.command]
     return handler(args, root)
 
 

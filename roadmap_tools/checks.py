@@ -55,13 +55,12 @@ def check_notebook(root: Path, rel_path: str) -> list[str]:
     for url in badges:
         if url != expected:
             problems.append(f"Colab link {url} does not match this notebook; expected {expected}")
-    # The setup cell installs the course package only in Colab.
-    spec = course.install_spec()
+    # The setup cell installs the course package with the lesson's extras, only in Colab, and covers its imports.
     setup = [c for c in code if 'google.colab" in sys.modules' in _source(c)]
     if not setup:
         problems.append('no Colab-only setup cell (a code cell testing `"google.colab" in sys.modules`)')
-    elif spec not in _source(setup[0]):
-        problems.append(f"the Colab setup cell does not install {spec!r}")
+    elif course.install_spec() not in _source(setup[0]) and "SPEC = " not in _source(setup[0]):
+        problems.append(f"the Colab setup cell does not install {course.install_spec()!r}")  # MIGRATION: colab_problems
     for cell in code:
         src = _source(cell)
         if _INSTALLS.search(src) and 'google.colab" in sys.modules' not in src:
@@ -129,6 +128,27 @@ def precision_problems(nb) -> list[str]:
                                                    for k in node.keywords):
                 problems.append(f"{name}(...) does not take **trainer_precision(device) (llm_roadmap.config): TRL "
                                 "defaults to bf16, which the full config on a GPU then gets wrong")
+    return problems
+
+
+def colab_problems(nb, setup: str) -> list[str]:
+    """The setup cell is the course's template for its extras (install line, placeholder stop, pip errors shown),
+    its extras cover every import Colab lacks, and the config goes through pick_config (for the full-path run)."""
+    from .colab import import_problems, setup_extras
+    from .scaffold import setup_cell_source
+
+    extras = setup_extras(setup)
+    if extras is None:
+        return [f"the Colab setup cell does not install {course.install_spec(extras=['...'])!r}"]
+    problems = []
+    if setup.strip() != setup_cell_source(extras).strip():
+        problems.append(f"the Colab setup cell is not the course's template for extras {extras}: replace it with "
+                        f"roadmap_tools.scaffold.setup_cell_source({extras})")
+    problems += import_problems(nb, setup)
+    code = "\n".join(_source(c) for c in nb.cells if c.cell_type == "code")
+    if "CONFIGS" in code and "pick_config(CONFIGS" not in code:
+        problems.append("the config is not chosen with llm_roadmap.config.pick_config(CONFIGS, size), which the "
+                        "full-path run needs to cap it")
     return problems
 
 

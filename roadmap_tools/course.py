@@ -6,6 +6,7 @@ from __future__ import annotations
 # rewrites this line and every badge and install line in the notebooks and Markdown files.
 REPO_SLUG = "YOUR-GITHUB-USER/llm-mllm-research-roadmap"
 BRANCH = "main"
+PLACEHOLDER_OWNER = "YOUR-GITHUB-USER"  # while REPO_SLUG names this owner, Colab setup cells stop with what to do
 
 # (folder, title, the user's topics for the phase) in reading order.
 PHASES: list[tuple[str, str, list[str]]] = [
@@ -42,6 +43,8 @@ def colab_url(notebook_path: str, slug: str | None = None, branch: str | None = 
     return f"https://colab.research.google.com/github/{slug or REPO_SLUG}/blob/{branch or BRANCH}/{notebook_path}"
 
 
-def install_spec(slug: str | None = None, branch: str | None = None) -> str:
-    """The pip requirement that installs this package from the repository (what the Colab setup cell runs)."""
-    return f"llm-roadmap @ git+https://github.com/{slug or REPO_SLUG}@{branch or BRANCH}"
+def install_spec(slug: str | None = None, branch: str | None = None, extras: list[str] | None = None) -> str:
+    """The pip requirement that installs this package (with `extras`) from the repository, as a Colab setup cell
+    runs it."""
+    chosen = f"[{','.join(extras)}]" if extras else ""
+    return f"llm-roadmap{chosen} @ git+https://github.com/{slug or REPO_SLUG}@{branch or BRANCH}"

@@ -13,8 +13,9 @@ END = "<!-- roadmap:end -->"
 
 
 def roadmap_table(root: Path) -> str:
-    """A Markdown table: phase, lesson, Colab badge, video link, status; planned topics where no lesson landed."""
-    rows = ["| Phase | Lesson | Open | Video | Status |", "|---|---|---|---|---|"]
+    """A Markdown table: phase, lesson, Colab badge, video link, what is verified; planned topics where no lesson
+    landed."""
+    rows = ["| Phase | Lesson | Open | Video | Verified |", "|---|---|---|---|---|"]
     for number, (folder, title, topics) in enumerate(course.PHASES, start=1):
         phase = f"[{number}. {title}]({folder}/README.md)"
         entries = read_video_file(root / folder)
@@ -25,8 +26,15 @@ def roadmap_table(root: Path) -> str:
             path = f"{folder}/{entry['notebook']}"
             badge = f"[![Open In Colab]({BADGE_IMAGE})]({course.colab_url(path)})"
             video = f"[▶ watch]({entry['video']})" if entry["video"] else "coming"
-            rows.append(f"| {phase} | [{entry['title']}]({path}) | {badge} | {video} | runs in CI |")
+            rows.append(f"| {phase} | [{entry['title']}]({path}) | {badge} | {video} | {verified(entry)} |")
     return "\n".join(rows)
+
+
+def verified(entry: dict) -> str:
+    """What has been verified for a lesson: the small config and the full code path run in CI (the test command);
+    the full config on a real GPU only when its video-file entry records where and when (`full_on_gpu`)."""
+    gpu = entry.get("full_on_gpu")
+    return f"small: CI · full path: CI, stand-in hub · real GPU: {gpu or 'not yet'}"
 
 
 def render_readme(text: str, table: str) -> str:

@@ -12,16 +12,32 @@ from .checks import BADGE_IMAGE
 from .lessons import VIDEO_FILE
 
 
-def setup_cell_source(extra_packages: list[str] | None = None) -> str:
-    """The Colab-only install cell: the course package from the repository, plus what the lesson needs."""
-    packages = ", ".join(repr(p) for p in [course.install_spec(), *(extra_packages or [])])
-    return (
-        "# Setup. In Colab, install what it lacks (this course's helper package); locally this installs nothing.\n"
-        "import subprocess\n"
-        "import sys\n\n"
-        'if "google.colab" in sys.modules:\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", {packages}], check=True)'
-    )
+def setup_cell_source(extras: list[str] | None = None) -> str:
+    """The Colab-only setup cell: installs the course's library with the lesson's extras from the repository.
+
+    While the repository address is still the placeholder, it stops with what to do instead of a pip error; a pip
+    failure is reported with pip's own message and what to check. Locally it installs nothing.
+    """
+    return SETUP_TEMPLATE.replace("<SPEC>", course.install_spec(extras=extras)).replace(
+        "<PLACEHOLDER>", course.PLACEHOLDER_OWNER)
+
+
+SETUP_TEMPLATE = """\
+# Setup. In Colab, install this course's library with the extras this lesson needs; locally this installs
+# nothing (`make install` did).
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    SPEC = "<SPEC>"
+    if "/<PLACEHOLDER>/" in SPEC:
+        raise RuntimeError("This copy of the course does not name its GitHub repository yet, so Colab cannot "
+                           "install its library. In a clone, run `python -m roadmap_tools slug OWNER/REPO` "
+                           "(the repository you publish it in), push, and open the lesson from there.")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", SPEC], capture_output=True, text=True)
+    if pip.returncode != 0:
+        raise RuntimeError(f"pip could not install {SPEC}:\\n{pip.stderr[-2000:]}\\nCheck that the "
+                           "repository is public and that this runtime reaches the internet.")"""
 
 
 def header_source(path: str, title: str) -> str:
@@ -54,12 +70,12 @@ def new_lesson(root: Path, phase: str, notebook: str, title: str) -> Path:
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         nbformat.v4.new_markdown_cell(header_source(rel, title)),
-        nbformat.v4.new_code_cell(setup_cell_source()),
+        nbformat.v4.new_code_cell(setup_cell_source(["hf"])),
         params,
         nbformat.v4.new_code_cell(
-            "from llm_roadmap.config import describe_runtime, resolve_size, seed_everything\n\n"
+            "from llm_roadmap.config import describe_runtime, pick_config, resolve_size, seed_everything\n\n"
             "CONFIGS = {\"small\": dict(), \"full\": dict()}\n"
-            "size = resolve_size(SIZE)\ncfg = CONFIGS[size]\nseed_everything(SEED)\n"
+            "size = resolve_size(SIZE)\ncfg = pick_config(CONFIGS, size)\nseed_everything(SEED)\n"
             "print(size, cfg, \"|\", describe_runtime())"),
     ]
     nbformat.write(nb, path)
@@ -97,3 +113,21 @@ def rewrite_slug(root: Path, new_slug: str, new_branch: str | None = None) -> li
             file.write_text(new)
             changed.append(file)
     return changed
+
+
+def slug_problems(root: Path, slug: str) -> list[str]:
+    """Badges, install lines and links to GitHub that do not point at `slug` (OWNER/REPO)."""
+    import re
+
+    problems = []
+    if course.REPO_SLUG.lower() != slug.lower():
+        problems.append(f"roadmap_tools/course.py names {course.REPO_SLUG}: run `python -m roadmap_tools slug {slug}`")
+    pattern = re.compile(r"(?:colab\.research\.google\.com/github|github\.com)/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)")
+    files = [*root.glob("*.md")]
+    for folder in course.PHASE_DIRS:
+        files += [*(root / folder).glob("*.md"), *(root / folder).glob("*.ipynb")]
+    for file in files:
+        for found in sorted(set(pattern.findall(file.read_text()))):
+            if found.lower() != slug.lower() and found.split("/")[0] == course.REPO_SLUG.split("/")[0]:
+                problems.append(f"{file.relative_to(root)} points at {found}")
+    return problems

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the course's requirements into it (idempotent: a stamp file records what was installed).
 # On a machine without an NVIDIA GPU it installs a CPU build of torch *first*: a plain `torch` requirement would
-# otherwise pull a multi-GB CUDA build. Override the torch spec with TORCH_SPEC=..., the venv with VENV=...
+# otherwise pull a multi-GB CUDA build. Override the torch spec with TORCH_SPEC=..., the venv with VENV=..., the
+# Python with PYTHON=..., and pin versions with CONSTRAINTS=a-pip-constraints-file (tools/test_versions.sh uses these).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.installed"
-want="$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+want="$(cat requirements.txt pyproject.toml ${CONSTRAINTS:-} | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
@@ -31,9 +32,9 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     fi
   fi
 fi
-echo "[install] installing requirements.txt and the course package (a few minutes the first time)"
-"${pip[@]}" -r requirements.txt
-"${pip[@]}" --no-deps -e .
+echo "[install] installing requirements.txt: the course package with its extras (a few minutes the first time)"
+constraints=(); [ -n "${CONSTRAINTS:-}" ] && constraints=(-c "$CONSTRAINTS")
+"${pip[@]}" -r requirements.txt "${constraints[@]}"
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 echo "$want" > "$STAMP"
 echo "[install] done: $("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"

@@ -1,8 +1,9 @@
 """Data that is always there offline (Python's own documentation), and the full config's hub loaders.
 
 The hub loaders have one switch for tests: when LLM_ROADMAP_STANDIN names a folder built by the course's stand-in hub
-(`python -m roadmap_tools standin-hub`), data sets come from its tiny parquet files under the same ids, splits and
-columns, and models from its Hugging Face cache (HF_HUB_CACHE), so a full config's code path runs offline.
+(a command of the course's tooling, in the repository), data sets come from its tiny parquet files under the same
+ids, splits and columns, and models from its Hugging Face cache (HF_HUB_CACHE), so a full config's code path runs
+offline.
 """
 
 from __future__ import annotations
