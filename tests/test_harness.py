@@ -94,7 +94,8 @@ def test_one_execution_environment():
 
 # --- the test command's notebook items ----------------------------------------------------------------------------
 def _pytest_notebooks(course_root: Path, *args: str, budget: str = "60") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROADMAP_BUDGET_S": budget}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROADMAP_BUDGET_S": budget,
+           "ROADMAP_STANDIN_FOLDER": str(ROOT / ".standin-hub")}  # one stand-in hub for all these runs
     return subprocess.run([sys.executable, "-m", "pytest", "phase01_foundations", "-p", "roadmap_tools.pytest_plugin",
                            "-p", "no:cacheprovider", "-q", "--rootdir", str(course_root), *args],
                           cwd=course_root, env=env, capture_output=True, text=True, timeout=300)
@@ -102,7 +103,7 @@ def _pytest_notebooks(course_root: Path, *args: str, budget: str = "60") -> subp
 
 def test_a_seed_dependent_lesson_fails_the_test_command(tmp_course, add_lesson):
     add_lesson(tmp_course, "import random\nrandom.seed(SEED)\nassert SEED != 2, 'holds only for lucky seeds'")
-    result = _pytest_notebooks(tmp_course, "--seeds", "0,1,2")
+    result = _pytest_notebooks(tmp_course, "--seeds", "0,1,2", "--no-full-path")
     assert result.returncode == 1, result.stdout
     assert "1 failed, 2 passed" in result.stdout, result.stdout
     assert "01_demo.ipynb::seed2" in result.stdout and "failed with SEED=2" in result.stdout
@@ -111,10 +112,10 @@ def test_a_seed_dependent_lesson_fails_the_test_command(tmp_course, add_lesson):
 
 def test_a_busy_lesson_fails_the_time_budget(tmp_course, add_lesson):
     add_lesson(tmp_course, BUSY)
-    slow = _pytest_notebooks(tmp_course, "--seeds", "0", budget="1")
+    slow = _pytest_notebooks(tmp_course, "--seeds", "0", "--no-full-path", budget="1")
     assert slow.returncode == 1 and "over the time budget" in slow.stdout and "CPU time" in slow.stdout, slow.stdout
     assert "OVER BUDGET" in slow.stdout and "projected for 45 notebooks" in slow.stdout
-    assert _pytest_notebooks(tmp_course, "--seeds", "0", budget="60").returncode == 0
+    assert _pytest_notebooks(tmp_course, "--seeds", "0", "--no-full-path", budget="60").returncode == 0
 
 
 def test_checked_outputs_are_compared_for_the_first_seed(tmp_course, add_lesson):
@@ -123,7 +124,7 @@ def test_checked_outputs_are_compared_for_the_first_seed(tmp_course, add_lesson)
     nb = nbformat.read(path, as_version=4)
     nb.cells[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="41\n")]
     nbformat.write(nb, path)
-    result = _pytest_notebooks(tmp_course, "--seeds", "0,1")
+    result = _pytest_notebooks(tmp_course, "--seeds", "0,1", "--no-full-path")
     assert "1 failed, 1 passed" in result.stdout and "printed something other than its committed output" in (
         result.stdout), result.stdout
 
