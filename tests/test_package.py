@@ -240,3 +240,54 @@ def test_capped_full_config_keeps_the_full_path_with_small_counts(monkeypatch):
     assert pick_config(configs, "small") is configs["small"]
     with pytest.raises(ValueError, match="no config named"):
         pick_config(configs, "medium")
+
+
+def test_python_docs_questions_are_grounded_in_the_help_topics():
+    import re
+    from collections import Counter
+
+    from llm_roadmap.data import _question_problem, python_docs_questions
+
+    questions = python_docs_questions()
+    topics = pydoc_topics()
+    kinds = Counter(q["kind"] for q in questions)
+    assert len(questions) >= 60 and min(kinds["paraphrase"], kinds["multi"], kinds["unanswerable"]) >= 10, kinds
+    assert len({q["id"] for q in questions}) == len(questions), "duplicate ids"
+    for q in questions:
+        for item in q["evidence"]:
+            assert item["quote"] in topics.get(item["topic"], ""), f"{q['id']}: quote not verbatim in {item['topic']!r}"
+        if q["kind"] == "unanswerable":
+            assert q["answer"] is None and q["evidence"] == [], q["id"]
+        else:
+            answer = " ".join(q["answer"].split()).lower()
+            assert any(answer in " ".join(e["quote"].split()).lower() for e in q["evidence"]), q["id"]
+        if q["kind"] == "multi":
+            assert len(q["evidence"]) >= 2, q["id"]
+
+    # Paraphrases must really be reworded: the share of a question's content words found in its evidence is lower
+    stopwords = {"what", "which", "when", "where", "does", "that", "this", "with", "from", "into", "there", "their",
+                 "they", "have", "been", "will", "would", "should", "could", "than", "then", "also", "about", "some",
+                 "each", "other", "only", "both", "after", "before", "such", "many", "much", "more", "most", "python"}
+
+    def content_words(text: str) -> set[str]:
+        return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4 and w not in stopwords}
+
+    def overlap(q: dict) -> float:
+        words = content_words(q["question"])
+        return len(words & content_words(" ".join(e["quote"] for e in q["evidence"]))) / max(len(words), 1)
+
+    means = {kind: float(np.mean([overlap(q) for q in questions if q["kind"] == kind]))
+             for kind in ("lookup", "paraphrase")}
+    print(f"content-word overlap with evidence: lookup {means['lookup']:.3f}, paraphrase {means['paraphrase']:.3f}")
+    assert means["paraphrase"] < means["lookup"] - 0.15, means
+
+    # The validator catches planted mistakes, naming what is wrong
+    good = next(q for q in questions if q["kind"] == "multi")
+    assert _question_problem(good) is None
+    planted = {"answer not in its quotes": dict(good, answer="no such words anywhere"),
+               "multi with one quote": dict(good, evidence=good["evidence"][:1]),
+               "unanswerable with an answer": dict(good, kind="unanswerable"),
+               "unknown kind": dict(good, kind="trivia"),
+               "quote too short": dict(good, evidence=[{"topic": "assert", "quote": "assert"}] * 2)}
+    for name, record in planted.items():
+        assert _question_problem(record) is not None, f"the validator missed: {name}"

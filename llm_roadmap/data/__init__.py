@@ -147,3 +147,74 @@ def download_text(url: str, what: str, cache_dir: str | os.PathLike | None = Non
 def tiny_shakespeare() -> str:
     """Karpathy's TinyShakespeare (1.1 M characters; the file nanoGPT's char-level example uses), for full configs."""
     return download_text(TINY_SHAKESPEARE_URL, "TinyShakespeare")
+
+
+QUESTION_KINDS = ("lookup", "paraphrase", "multi", "unanswerable")
+
+
+def python_docs_questions() -> list[dict]:
+    """A labelled question set over Python's help topics (`pydoc_topics()`), for evaluating retrieval and RAG.
+
+    Each record: `id`, `question`, `answer` (a short span of the evidence, None when unanswerable), `aliases`
+    (other acceptable answers), `evidence` (a list of {"topic", "quote"}: a verbatim 40-300 character excerpt of
+    `pydoc_topics()[topic]` that contains the answer) and `kind`: "lookup" (worded like the passage), "paraphrase"
+    (reworded so that few of its words appear in the passage), "multi" (needs two passages) or "unanswerable" (on
+    topic, but the help topics do not say). Written by hand for this course about details of the documentation's
+    text rather than common knowledge; every quote was checked to be verbatim in the help topics of Python 3.11 and
+    3.13 (the course's test re-checks them on the running Python).
+    """
+    import json
+    from importlib import resources
+
+    text = resources.files(__package__).joinpath("python_docs_qa.jsonl").read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    seen: set[str] = set()
+    for number, record in enumerate(records, 1):
+        problem = _question_problem(record)
+        rid = record.get("id", f"line {number}") if isinstance(record, dict) else f"line {number}"
+        if problem is None and rid in seen:
+            problem = "duplicate id"
+        if problem is not None:
+            raise ValueError(f"python_docs_qa.jsonl, record {rid}: {problem}")
+        seen.add(rid)
+    return records
+
+
+def _question_problem(record) -> str | None:
+    """What is wrong with one question record, or None when it is well formed."""
+    fields = {"id", "question", "answer", "aliases", "evidence", "kind"}
+    if not isinstance(record, dict) or set(record) != fields:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        return f"expected exactly the fields {sorted(fields)}, got {keys}"
+    if not isinstance(record["id"], str) or not record["id"]:
+        return "id must be a non-empty string"
+    if not isinstance(record["question"], str) or not record["question"].strip():
+        return "question must be a non-empty string"
+    if record["kind"] not in QUESTION_KINDS:
+        return f"kind {record['kind']!r} is not one of {QUESTION_KINDS}"
+    if not isinstance(record["aliases"], list) or not all(isinstance(a, str) for a in record["aliases"]):
+        return "aliases must be a list of strings"
+    evidence = record["evidence"]
+    if not isinstance(evidence, list):
+        return "evidence must be a list"
+    for item in evidence:
+        if not isinstance(item, dict) or set(item) != {"topic", "quote"}:
+            return f"each evidence item needs exactly 'topic' and 'quote', got {item!r}"
+        if not isinstance(item["topic"], str) or not isinstance(item["quote"], str):
+            return "evidence topic and quote must be strings"
+        if not 40 <= len(item["quote"]) <= 300:
+            return f"quote from {item['topic']!r} is {len(item['quote'])} characters (expected 40-300)"
+    if record["kind"] == "unanswerable":
+        if record["answer"] is not None or evidence:
+            return "an unanswerable question has answer null and no evidence"
+        return None
+    if not isinstance(record["answer"], str) or not record["answer"].strip():
+        return "answer must be a non-empty string"
+    if not evidence:
+        return "an answerable question needs evidence"
+    if record["kind"] == "multi" and len(evidence) < 2:
+        return "a multi question needs at least two evidence quotes"
+    answer = " ".join(record["answer"].split()).lower()
+    if not any(answer in " ".join(item["quote"].split()).lower() for item in evidence):
+        return f"answer {record['answer']!r} appears in none of its quotes"
+    return None
