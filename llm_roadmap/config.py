@@ -57,8 +57,8 @@ def capped(full, small):
     def is_int(x) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
-    def is_numbers(x) -> bool:
-        return isinstance(x, (list, tuple)) and all(is_int(v) or isinstance(v, float) for v in x)
+    def is_numbers(x) -> bool:  # a list of numbers, or of such lists (e.g. stages=((32, 32), (64, 64)))
+        return isinstance(x, (list, tuple)) and all(is_int(v) or isinstance(v, float) or is_numbers(v) for v in x)
 
     if isinstance(full, dict) and isinstance(small, dict):
         return {key: capped(value, small[key]) if key in small else value for key, value in full.items()}
