@@ -92,9 +92,13 @@ def setup_extras(setup_source: str) -> list[str] | None:
 
 
 def _optional(tree: ast.AST) -> set[int]:
-    """Line numbers of imports inside `try: ... except ImportError` (optional: the notebook handles their absence)."""
+    """Line numbers of imports inside `try: ... except ImportError`, or in an `if` whose test asks
+    `importlib.util.find_spec(...)` (optional: the notebook handles their absence)."""
     lines = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "find_spec(" in ast.unparse(node.test):
+            for inner in [*node.body, *node.orelse]:
+                lines |= {n.lineno for n in ast.walk(inner) if isinstance(n, (ast.Import, ast.ImportFrom))}
         if isinstance(node, ast.Try) and any(
                 isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
                 or isinstance(h.type, ast.Tuple) and any(getattr(e, "id", "") in ("ImportError", "ModuleNotFoundError")
