@@ -74,6 +74,12 @@ def check_notebook(root: Path, rel_path: str) -> list[str]:
             if out.get("output_type") == "error":
                 problems.append(f"cell {i} has a committed error output ({out.get('ename')}: {out.get('evalue')})")
     problems += [f"a committed output holds a warning that means wrong results: {w}" for w in denied_in(nb)]
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", "")) if out.get("name") == "stderr" else ""
+            if "warn" in text.lower():
+                problems.append(f"cell {i} has a warning in a committed stderr output ({text.strip()[:120]!r}): fix "
+                                "its cause, or catch it where the lesson explains why it is harmless")
     problems += runtime_problems(nb)
     problems += precision_problems(nb)
     return problems
