@@ -121,8 +121,8 @@ def precision_problems(nb) -> list[str]:
     def uses_rule(text: str, depth: int = 3) -> bool:
         if "trainer_precision(" in text:
             return True
-        return depth > 0 and any(uses_rule(assigned[name], depth - 1) for name in assigned
-                                 if name in text.replace("(", " ").replace(",", " ").replace("*", " ").split())
+        names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+        return depth > 0 and any(uses_rule(assigned[name], depth - 1) for name in assigned if name in names)
 
     problems = []
     for tree in trees:

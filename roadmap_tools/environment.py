@@ -25,7 +25,6 @@ SEEDS = (0, 1, 2)
 # two test workers (or a learner's other work), two threads per process oversubscribe the cores and make tiny
 # tensors slower, and CPU time stays a fair measure.
 COMMON = {
-    "MPLBACKEND": "Agg",  # figures render inline in the notebook, no window
     "PYTHONHASHSEED": "0",  # set iteration order of str hashes, so printed sets and dicts are reproducible
     "TOKENIZERS_PARALLELISM": "false",  # no fork warning from Hugging Face tokenizers
     "TQDM_MININTERVAL": "5",  # progress bars redraw at most every 5 s: few stderr outputs in logs
@@ -57,10 +56,16 @@ DENYLIST: list[tuple[str, str]] = [
 _DENY = [(re.compile(p, re.IGNORECASE), why) for p, why in DENYLIST]
 
 
+# Figures: a kernel draws them inline into the notebook (Jupyter's own backend; a MPLBACKEND=Agg inherited from a
+# shell would silently drop every figure from the outputs), other processes draw to no window.
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+
+
 def kernel_env(size: str = "small", base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a notebook kernel runs in: `base` (default os.environ) with the harness settings on top."""
     env = dict(os.environ if base is None else base)
     env.update(COMMON)
+    env["MPLBACKEND"] = KERNEL_MPLBACKEND
     if size == "small":
         env.update(SMALL)
     return env
@@ -68,7 +73,7 @@ def kernel_env(size: str = "small", base: dict[str, str] | None = None) -> dict[
 
 def shell_exports(size: str = "small") -> str:
     """`export K=V` lines of the harness settings, for shell scripts: eval "$(python -m roadmap_tools env)"."""
-    settings = {**COMMON, **(SMALL if size == "small" else {})}
+    settings = {**COMMON, "MPLBACKEND": "Agg", **(SMALL if size == "small" else {})}
     return "\n".join(f"export {k}={v}" for k, v in settings.items())
 
 

@@ -63,7 +63,13 @@ def test_execute_finds_denylisted_warnings(tmp_path):
 def test_kernel_gets_the_harness_environment(tmp_path):
     body = "import os\nprint(os.environ['OMP_NUM_THREADS'], os.environ['HF_HUB_OFFLINE'], os.environ['MPLBACKEND'])"
     run = execute(_notebook(tmp_path, body), {})
-    assert run.nb.cells[-1].outputs[0]["text"].split() == ["1", "1", "Agg"]
+    assert run.nb.cells[-1].outputs[0]["text"].split() == ["1", "1", "module://matplotlib_inline.backend_inline"]
+
+
+def test_figures_reach_the_outputs_even_from_an_agg_shell(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # what `eval "$(python -m roadmap_tools env)"` exports for the tests
+    run = execute(_notebook(tmp_path, "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"), {})
+    assert any("image/png" in o.get("data", {}) for o in run.nb.cells[-1].outputs), run.nb.cells[-1].outputs
 
 
 def test_inject_parameters_rejects_what_it_cannot_write(tmp_path):
@@ -78,7 +84,7 @@ def test_inject_parameters_rejects_what_it_cannot_write(tmp_path):
 
 def test_one_execution_environment():
     """Thread, offline and backend settings are written in roadmap_tools/environment.py and nowhere else."""
-    settings = [*environment.COMMON, *environment.SMALL]
+    settings = [*environment.COMMON, *environment.SMALL, "MPLBACKEND"]
     scripts = [*ROOT.glob("tools/*.sh"), ROOT / "Makefile", ROOT / ".ci" / "run", *ROOT.glob(".github/workflows/*")]
     for script in scripts:
         text = script.read_text()
