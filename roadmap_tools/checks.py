@@ -59,8 +59,8 @@ def check_notebook(root: Path, rel_path: str) -> list[str]:
     setup = [c for c in code if 'google.colab" in sys.modules' in _source(c)]
     if not setup:
         problems.append('no Colab-only setup cell (a code cell testing `"google.colab" in sys.modules`)')
-    elif course.install_spec() not in _source(setup[0]) and "SPEC = " not in _source(setup[0]):
-        problems.append(f"the Colab setup cell does not install {course.install_spec()!r}")  # MIGRATION: colab_problems
+    else:
+        problems += colab_problems(nb, _source(setup[0]))
     for cell in code:
         src = _source(cell)
         if _INSTALLS.search(src) and 'google.colab" in sys.modules' not in src:

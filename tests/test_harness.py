@@ -267,3 +267,39 @@ def test_precision_rule_is_checked_statically(tmp_course, add_lesson):
     fixed = 'common = dict(report_to="none", **trainer_precision(device))\nargs = SFTConfig(output_dir="o", **common)'
     rel = add_lesson(tmp_course, fixed, name="02_fixed.ipynb")
     assert checks.check_notebook(tmp_course, rel) == []
+
+
+# --- Colab ----------------------------------------------------------------------------------------------------------
+def test_colab_setup_cell_stops_clearly_on_the_placeholder_address(monkeypatch):
+    from roadmap_tools.scaffold import setup_cell_source
+
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    with pytest.raises(RuntimeError, match="python -m roadmap_tools slug OWNER/REPO"):
+        exec(compile(setup_cell_source(["train"]), "setup", "exec"), {})
+    monkeypatch.delitem(sys.modules, "google.colab")
+    exec(compile(setup_cell_source(["train"]), "setup", "exec"), {})  # locally: installs nothing, raises nothing
+
+
+def test_colab_extras_must_cover_every_import(tmp_course, add_lesson):
+    from roadmap_tools.scaffold import setup_cell_source
+
+    rel = add_lesson(tmp_course, "import trl\nimport torch")
+    path = tmp_course / rel
+    nb = nbformat.read(path, as_version=4)
+    setup = next(c for c in nb.cells if 'google.colab" in sys.modules' in c.source)
+    assert any("'trl'" in p and "add the extra 'train'" in p for p in checks.check_notebook(tmp_course, rel))
+    setup.source = setup_cell_source(["train"])
+    nbformat.write(nb, path)
+    assert checks.check_notebook(tmp_course, rel) == []
+    setup.source = setup.source.replace("capture_output=True, text=True", "check=True")  # the old pip-error form
+    nbformat.write(nb, path)
+    assert any("not the course's template" in p for p in checks.check_notebook(tmp_course, rel))
+
+
+def test_slug_check_names_what_points_elsewhere(tmp_course, add_lesson):
+    from roadmap_tools import course, scaffold
+
+    add_lesson(tmp_course)
+    assert scaffold.slug_problems(tmp_course, course.REPO_SLUG) == []
+    found = scaffold.slug_problems(tmp_course, "someone/their-fork")
+    assert any("roadmap_tools/course.py" in p for p in found) and any("01_demo.ipynb" in p for p in found)
