@@ -33,7 +33,12 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   fi
 fi
 echo "[install] installing requirements.txt: the course package with its extras (a few minutes the first time)"
-constraints=(); [ -n "${CONSTRAINTS:-}" ] && constraints=(-c "$CONSTRAINTS")
+constraints=()
+if [ -n "${CONSTRAINTS:-}" ]; then
+  # torch was chosen above (a CPU build on a CPU machine): a torch pin in the constraints would swap it for a CUDA build
+  grep -viE '^[[:space:]]*torch[[:space:]]*([=<>!~]|$)' "$CONSTRAINTS" > "$VENV/constraints.txt"
+  constraints=(-c "$VENV/constraints.txt")
+fi
 "${pip[@]}" -r requirements.txt "${constraints[@]}"
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 echo "$want" > "$STAMP"

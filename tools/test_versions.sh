@@ -2,7 +2,8 @@
 # Every lesson against Colab's versions (`colab`: constraints/colab.txt, Colab's Python when this machine has it) or
 # against the newest releases (`latest`), each in a venv of its own, with the README's test command.
 # Usage: bash tools/test_versions.sh colab|latest [pytest arguments]
-# On a machine whose pip cannot reach PyTorch's CPU index, name a torch it can install: TORCH_SPEC=torch==2.13.0.
+# torch comes from TORCH_SPEC (default: Colab's 2.11, a CPU build where there is no GPU), never from the constraints
+# file. On a machine whose pip cannot reach PyTorch's CPU index, name one it can install: TORCH_SPEC=torch==2.13.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-}
