@@ -59,28 +59,26 @@ class NotebookFile(pytest.File):
             yield FullPathRun.from_parent(self, name="full")
 
 
-class NotebookRun(pytest.Item):
-    def __init__(self, *, seed: int, compare: bool, **kwargs):
-        super().__init__(**kwargs)
-        self.seed, self.compare = seed, compare
+class _NotebookItem(pytest.Item):
+    """One execution of a notebook; subclasses say how it runs and what else fails it."""
 
-    def runtest(self):
-        with tempfile.TemporaryDirectory(prefix="nbrun-") as folder:
-            run = execute(self.path, {"SIZE": "small", "SEED": self.seed}, size="small", cwd=Path(folder))
-        self.user_properties.append(("notebook_run", {"notebook": self.nodeid.split("::")[0], "seed": self.seed,
+    label = ""
+
+    def judge(self, run, seed, failed: str, extra: list[str]) -> None:
+        """Record the run's times and fail it on an error, a denylisted warning, the budget or `extra`."""
+        self.user_properties.append(("notebook_run", {"notebook": self.nodeid.split("::")[0], "seed": seed,
                                                       "cpu_s": run.cpu_s, "wall_s": run.wall_s,
                                                       "status": run.status}))
         problems = []
         if run.status != "ok":
-            problems.append(f"cell {run.failed_cell} failed with SEED={self.seed}: {run.error}\n\n"
-                            + _plain(run.traceback or ""))
+            problems.append(f"{failed} at cell {run.failed_cell}: {run.error}\n\n" + _plain(run.traceback or ""))
         if run.denied:
             problems.append("warnings that mean wrong results (fix the lesson, do not filter them):\n  "
                             + "\n  ".join(run.denied))
         if run.status == "ok" and run.over_budget:
             problems.append(f"over the time budget: {run.over_budget}")
-        if run.status == "ok" and self.compare:
-            problems += checked_output_differences(nbformat.read(self.path, as_version=4), run.nb)
+        if run.status == "ok":
+            problems += extra
         if problems:
             raise NotebookFailure("\n\n".join(problems))
 
@@ -90,7 +88,20 @@ class NotebookRun(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, None, f"{self.path.name} [SEED={self.seed}]"
+        return self.path, None, f"{self.path.name} [{self.label}]"
+
+
+class NotebookRun(_NotebookItem):
+    def __init__(self, *, seed: int, compare: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.seed, self.compare, self.label = seed, compare, f"SEED={seed}"
+
+    def runtest(self):
+        with tempfile.TemporaryDirectory(prefix="nbrun-") as folder:
+            run = execute(self.path, {"SIZE": "small", "SEED": self.seed}, size="small", cwd=Path(folder))
+        compared = checked_output_differences(nbformat.read(self.path, as_version=4), run.nb) if (
+            self.compare and run.status == "ok") else []
+        self.judge(run, self.seed, f"failed with SEED={self.seed}", compared)
 
 
 def _standin_folder(config) -> Path:
@@ -105,36 +116,18 @@ def _standin_folder(config) -> Path:
     return folder
 
 
-class FullPathRun(pytest.Item):
+class FullPathRun(_NotebookItem):
+    label = "full path, stand-in hub"
+
     def runtest(self):
         env = {**standin_hub.environment(_standin_folder(self.config)), "LLM_ROADMAP_CAPPED": "1",
                "CUDA_VISIBLE_DEVICES": ""}
         with tempfile.TemporaryDirectory(prefix="nbfull-") as folder:
             run = execute(self.path, {"SIZE": "full", "SEED": 0}, size="small", cwd=Path(folder), extra_env=env,
                           tolerate=("AssertionError",))
-        self.user_properties.append(("notebook_run", {"notebook": self.nodeid.split("::")[0], "seed": "full",
-                                                      "cpu_s": run.cpu_s, "wall_s": run.wall_s,
-                                                      "status": run.status}))
         if run.tolerated:
             self.user_properties.append(("claims_not_tested", run.tolerated))
-        problems = []
-        if run.status != "ok":
-            problems.append(f"the FULL code path (stand-in hub, capped sizes) failed at cell {run.failed_cell}: "
-                            f"{run.error}\n\n" + _plain(run.traceback or ""))
-        if run.denied:
-            problems.append("warnings that mean wrong results:\n  " + "\n  ".join(run.denied))
-        if run.status == "ok" and run.over_budget:
-            problems.append(f"over the time budget: {run.over_budget}")
-        if problems:
-            raise NotebookFailure("\n\n".join(problems))
-
-    def repr_failure(self, excinfo):
-        if isinstance(excinfo.value, NotebookFailure):
-            return f"{self.nodeid}:\n{excinfo.value}"
-        return super().repr_failure(excinfo)
-
-    def reportinfo(self):
-        return self.path, None, f"{self.path.name} [full path, stand-in hub]"
+        self.judge(run, "full", "the FULL code path (stand-in hub, capped sizes) failed", [])
 
 
 def _plain(text: str) -> str:
