@@ -107,6 +107,7 @@ def flatten_progress_bars(nb) -> None:
     executor stored; the bar becomes plain text, e.g. "train: 100%|██████████| 60/60 [00:02<00:00, 29.1it/s]".
     """
     import html
+    import re
 
     state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
 
@@ -123,9 +124,14 @@ def flatten_progress_bars(nb) -> None:
             left, progress, right = (model(ref) for ref in children)
             if "max" not in progress:
                 continue
-            filled = round(10 * progress.get("value", 0) / progress["max"]) if progress["max"] else 10
-            text = (html.unescape(left.get("value", "")) + "|" + "█" * filled + " " * (10 - filled) + "|"
-                    + html.unescape(right.get("value", ""))).replace("\u2007", " ")
+            value, total = progress.get("value", 0), progress["max"]
+            filled = round(10 * value / total) if total else 10
+            left_text = html.unescape(left.get("value", "")).replace("\u2007", " ")
+            right_text = html.unescape(right.get("value", "")).replace("\u2007", " ")
+            # a bar closed between redraws keeps the text of its last redraw: rebuild what the numbers say
+            left_text = re.sub(r"\s*\d+%$", f" {round(100 * value / total) if total else 100:3d}%", left_text)
+            right_text = re.sub(r"^\s*\d+/\d+", f" {value:g}/{total:g}", right_text)
+            text = left_text + "|" + "█" * filled + " " * (10 - filled) + "|" + right_text
             out["data"] = {"text/plain": text}
 
 
