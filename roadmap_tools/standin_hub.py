@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 DEFAULT_FOLDER = ".standin-hub"
-VERSION = "3"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
+VERSION = "4"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
 
 # hub id -> (kind of model, the real model's special tokens and chat template, for the tokenizer)
 MODELS = {
@@ -29,6 +29,7 @@ MODELS = {
     "gpt2": "gpt2",  # the legacy alias some code still uses
     "HuggingFaceTB/SmolLM2-135M": "smollm2",
     "HuggingFaceTB/SmolLM2-360M-Instruct": "smollm2",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2",
     "intfloat/e5-small-v2": "bert",  # a sentence embedder (mean pooling)
     "cross-encoder/ms-marco-MiniLM-L6-v2": "bert-cross-encoder",  # a reranker: one relevance logit per pair
 }
@@ -37,6 +38,8 @@ DATASETS = {
     ("ylecun/mnist", None): "mnist",
     ("HuggingFaceTB/smoltalk", "everyday-conversations"): "smoltalk",
     ("rajpurkar/squad_v2", None): "squad_v2",
+    ("HuggingFaceH4/ultrafeedback_binarized", None): "ultrafeedback",
+    ("openai/gsm8k", "main"): "gsm8k",
 }
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -86,8 +89,15 @@ def _bert_tokenizer():
 
 def _model(kind: str, vocab_size: int):
     import torch
-    from transformers import (BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel,
-                              LlamaConfig, LlamaForCausalLM)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     if kind in ("bert", "bert-cross-encoder"):
@@ -181,6 +191,45 @@ def _squad_v2():
     return {"train": Dataset.from_list(rows[::2]), "validation": Dataset.from_list(rows[1::2])}
 
 
+def _ultrafeedback():
+    """UltraFeedback-binarized's columns (prompt, prompt_id, chosen, rejected as chat message lists, score_chosen,
+    score_rejected, messages) and preference splits, with phase 6's review task as the content: two reviews ordered by
+    a Bradley-Terry label from its hidden reward."""
+    import numpy as np
+    from datasets import Dataset
+
+    from llm_roadmap.tasks.alignment import ReviewTask
+
+    task, rng = ReviewTask(seed=0), np.random.default_rng(0)
+    prompt = "Write a short review of the film."
+    rows = []
+    for i, (chosen, rejected) in enumerate(task.preference_pairs(600, rng, temperature=0.1)):
+        ask = {"content": prompt, "role": "user"}
+        rows.append({"prompt": prompt, "prompt_id": f"{i:064x}",
+                     "chosen": [ask, {"content": chosen, "role": "assistant"}],
+                     "rejected": [ask, {"content": rejected, "role": "assistant"}],
+                     "messages": [ask, {"content": chosen, "role": "assistant"}],
+                     "score_chosen": round(5 + 5 * task.true_reward(chosen), 1),
+                     "score_rejected": round(5 + 5 * task.true_reward(rejected), 1)})
+    return {"train_prefs": Dataset.from_list(rows[:500]), "test_prefs": Dataset.from_list(rows[500:])}
+
+
+def _gsm8k():
+    """GSM8K's columns (question, answer ending in "#### N"), as one-step word problems with checkable answers."""
+    import numpy as np
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    names, things = ["Ada", "Ben", "Cleo", "Dev"], ["apples", "books", "coins", "shells"]
+    rows = []
+    for i in range(400):
+        a, b = (int(x) for x in rng.integers(2, 30, size=2))
+        name, thing = names[i % 4], things[(i // 4) % 4]
+        rows.append({"question": f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?",
+                     "answer": f"{name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {thing}.\n#### {a + b}"})
+    return {"train": Dataset.from_list(rows[:300]), "test": Dataset.from_list(rows[300:])}
+
+
 def _standin_text() -> str:
     from llm_roadmap.data import stdlib_docstrings
 
@@ -204,7 +253,8 @@ def build(folder: Path | str = DEFAULT_FOLDER, force: bool = False) -> Path:
     revision = stamp()
     for repo_id, kind in MODELS.items():
         _save_model(folder / "hub", repo_id, kind, revision)
-    builders = {"mnist": _mnist, "smoltalk": _smoltalk, "squad_v2": _squad_v2}
+    builders = {"mnist": _mnist, "smoltalk": _smoltalk, "squad_v2": _squad_v2, "ultrafeedback": _ultrafeedback,
+                "gsm8k": _gsm8k}
     for (repo_id, subset), name in DATASETS.items():
         target = folder / "datasets" / repo_id.replace("/", "--")
         if subset:
