@@ -5,7 +5,9 @@ ARGS ?=
 # jupyter refuses to start as root (a container, a cloud VM) unless told that this is intended
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install run test lab check lint refresh roadmap
+SITE_PY := .venv-site/bin/python
+
+.PHONY: install run test lab check lint refresh roadmap site site-install site-test
 
 install:
 	@bash tools/install.sh
@@ -30,3 +32,13 @@ refresh: install  ## re-execute notebooks in place (small config) to refresh com
 
 roadmap: install  ## regenerate the README's roadmap table
 	$(PY) -m roadmap_tools roadmap
+
+site-install:
+	@bash tools/install_site.sh
+
+site: site-install  ## the course website into build/site/ (offline, .venv-site), its links and lesson pages checked
+	$(SITE_PY) -m roadmap_tools site $(ARGS)
+
+site-test: site-install  ## build the site, open it in headless chromium (screenshots: build/site-artefacts/), test the build's failures
+	@bash tools/install_chromium.sh
+	SITE_TESTS=1 $(SITE_PY) -m pytest tests/test_site.py -p no:cacheprovider $(ARGS)

@@ -1,4 +1,4 @@
-"""The course's command line: `python -m roadmap_tools run|list|check|roadmap|new|slug|env|standin-hub`."""
+"""The course's command line: `python -m roadmap_tools run|list|check|roadmap|new|slug|env|standin-hub|site`."""
 
 from __future__ import annotations
 
@@ -89,11 +89,11 @@ def cmd_list(args, root: Path) -> int:
 
 
 def cmd_check(args, root: Path) -> int:
-    from .checks import check_notebook, markdown_links, video_files
+    from .checks import chapter_problems, check_notebook, markdown_links, video_files
     from .lessons import notebooks_on_disk
     from .roadmap import readme_is_fresh
 
-    problems = video_files(root) + markdown_links(root)
+    problems = video_files(root) + markdown_links(root) + chapter_problems(root)
     for rel in notebooks_on_disk(root):
         problems += [f"{rel}: {p}" for p in check_notebook(root, rel)]
     if not readme_is_fresh(root):
@@ -105,9 +105,11 @@ def cmd_check(args, root: Path) -> int:
 
 
 def cmd_roadmap(args, root: Path) -> int:
-    from .roadmap import write_readme
+    from .roadmap import write_chapters, write_readme
 
     print("README.md updated" if write_readme(root) else "README.md already up to date")
+    for path in write_chapters(root):
+        print(f"{path}: the header's video chapters written from videos.yaml")
     return 0
 
 
@@ -144,6 +146,12 @@ def cmd_standin_hub(args, root: Path) -> int:
     return 0
 
 
+def cmd_site(args, root: Path) -> int:
+    from .site import main as site_main
+
+    return site_main(root, args.out, args.browser)
+
+
 def cmd_env(args, root: Path) -> int:
     from .environment import shell_exports
 
@@ -176,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     hub = sub.add_parser("standin-hub", help="build tiny stand-ins of every hub model and data set the lessons name")
     hub.add_argument("folder", nargs="?", default=".standin-hub")
     hub.add_argument("--force", action="store_true", help="rebuild even when it is up to date")
+    site = sub.add_parser("site", help="build the course website (Sphinx + MyST-NB, in .venv-site) and check it")
+    site.add_argument("--out", help="where to build it (default build/site)")
+    site.add_argument("--browser", action="store_true",
+                      help="then open it in headless Chromium: checks and screenshots in build/site-artefacts/")
     env = sub.add_parser("env", help="the harness environment as shell exports (threads, offline flags, ...)")
     env.add_argument("--size", choices=["small", "full"], default="small")
     args = parser.parse_args(argv)
     root = repo_root()
     handler = {"run": cmd_run, "list": cmd_list, "check": cmd_check, "roadmap": cmd_roadmap, "new": cmd_new,
-               "slug": cmd_slug, "env": cmd_env, "standin-hub": cmd_standin_hub}[args.command]
+               "slug": cmd_slug, "env": cmd_env, "standin-hub": cmd_standin_hub, "site": cmd_site}[args.command]
     return handler(args, root)
 
 

@@ -224,3 +224,30 @@ def video_files(root: Path) -> list[str]:
         if readme.exists() and f"]({name})" not in readme.read_text():
             problems.append(f"{folder}/README.md does not link to {name}")
     return problems
+
+
+def chapter_problems(root: Path) -> list[str]:
+    """Each videos.yaml entry's chapters: valid, increasing timestamps naming `## ` sections the notebook has; once
+    the video's URL is set, the notebook's header lists them as videos.yaml says (`python -m roadmap_tools
+    roadmap` writes it)."""
+    from . import chapters
+
+    problems = []
+    for folder in course.PHASE_DIRS:
+        try:
+            entries = read_video_file(root / folder)
+        except (OSError, ValueError):
+            continue  # video_files reports it
+        for entry in entries:
+            path = root / folder / entry["notebook"]
+            if "chapters" not in entry or not path.exists():
+                continue
+            cells = chapters.notebook_cells(path)
+            found = chapters.problems(entry, chapters.section_headings(cells))
+            problems += [f"{folder}/{VIDEO_FILE}: {p}" for p in found]
+            if not found and cells:
+                header = _source(cells[0])
+                if chapters.header_with_chapters(header, entry) != header:
+                    problems.append(f"{folder}/{entry['notebook']}: the header's chapter list differs from "
+                                    f"{VIDEO_FILE}: run `python -m roadmap_tools roadmap`")
+    return problems

@@ -52,6 +52,28 @@ def readme_is_fresh(root: Path) -> bool:
     return render_readme(text, roadmap_table(root)) == text
 
 
+def write_chapters(root: Path) -> list[str]:
+    """Write each notebook header's chapter list from its videos.yaml entry (only entries with a video URL and
+    chapters have one); return the notebooks rewritten."""
+    import nbformat
+
+    from . import chapters
+
+    written = []
+    for folder in course.PHASE_DIRS:
+        for entry in read_video_file(root / folder):
+            path = root / folder / entry["notebook"]
+            if not path.exists() or chapters.problems(entry, chapters.section_headings(chapters.notebook_cells(path))):
+                continue  # the static checks report it
+            nb = nbformat.read(path, as_version=4)
+            header = chapters.header_with_chapters(nb.cells[0].source, entry)
+            if header != nb.cells[0].source:
+                nb.cells[0].source = header
+                nbformat.write(nb, path)
+                written.append(f"{folder}/{entry['notebook']}")
+    return written
+
+
 def write_readme(root: Path) -> bool:
     """Regenerate the table in README.md; True when the file changed."""
     readme = root / "README.md"

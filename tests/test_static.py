@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from roadmap_tools import course
-from roadmap_tools.checks import check_notebook, markdown_links, video_files
+from roadmap_tools.checks import chapter_problems, check_notebook, markdown_links, video_files
 from roadmap_tools.lessons import lessons, notebooks_on_disk
 from roadmap_tools.roadmap import readme_is_fresh
 
@@ -45,6 +45,11 @@ def test_notebook_header_names_its_video(notebook):
 
 def test_video_files_and_phase_readmes():
     problems = video_files(ROOT)
+    assert not problems, "\n".join(problems)
+
+
+def test_video_chapters_name_sections_that_exist():
+    problems = chapter_problems(ROOT)
     assert not problems, "\n".join(problems)
 
 
