@@ -67,3 +67,11 @@ def test_arithmetic_is_verifiable():
         task.rewards(["1;"], [1, 2])
     with pytest.raises(ValueError):
         ArithmeticTask(operations="*")
+
+
+def test_the_default_proxy_optimum_is_the_hack_at_any_fixed_length():
+    task = ReviewTask(seed=0)
+    best_word = max(task.weights, key=lambda w: task.weights[w] if w != HACK else -9)
+    for n in (1, 5, 10):
+        assert task.proxy_reward(" ".join([HACK] * n)) > task.proxy_reward(" ".join([best_word] * n))
+        assert task.true_reward(" ".join([HACK] * n)) < task.true_reward(" ".join([best_word] * n))

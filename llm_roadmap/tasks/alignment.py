@@ -30,7 +30,7 @@ class ReviewTask:
     """A review language with a hidden per-word sentiment: true reward, flawed proxy, Bradley-Terry preferences."""
 
     def __init__(self, seed: int = 0, min_words: int = 3, max_words: int = 10, sentiment_rate: float = 0.35,
-                 hack_rate: float = 0.02, hack_weight: float = -0.3, proxy_hack_bonus: float = 0.5):
+                 hack_rate: float = 0.02, hack_weight: float = -0.3, proxy_hack_bonus: float = 1.5):
         if not 1 <= min_words <= max_words:
             raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
         rng = np.random.default_rng(seed)
@@ -60,7 +60,9 @@ class ReviewTask:
 
     def proxy_reward(self, text: str) -> float:
         """A flawed stand-in for the truth: the SUM of the weights (so length pays) plus a bonus per "!" (which the
-        truth dislikes). Optimising it hard is how reward hacking is shown."""
+        truth dislikes). The default bonus (1.5) is above every word's weight (at most 1), so for a policy that writes
+        a fixed number of words the proxy's optimum is all "!", the truth's worst: optimising it hard is how reward
+        hacking is shown."""
         words = self.words(text)
         return float(sum(self.weights.get(w, -1.0) for w in words if w != HACK)
                      + self.proxy_hack_bonus * sum(w == HACK for w in words))
