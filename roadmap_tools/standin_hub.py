@@ -20,8 +20,10 @@ import json
 import shutil
 from pathlib import Path
 
+from . import standin_multimodal
+
 DEFAULT_FOLDER = ".standin-hub"
-VERSION = "4"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
+VERSION = "5"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
 
 # hub id -> (kind of model, the real model's special tokens and chat template, for the tokenizer)
 MODELS = {
@@ -32,6 +34,9 @@ MODELS = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2",
     "intfloat/e5-small-v2": "bert",  # a sentence embedder (mean pooling)
     "cross-encoder/ms-marco-MiniLM-L6-v2": "bert-cross-encoder",  # a reranker: one relevance logit per pair
+    "openai/clip-vit-base-patch32": "clip",  # model + processor: roadmap_tools/standin_multimodal.py
+    "llava-hf/llava-interleave-qwen-0.5b-hf": "llava",
+    "openai/whisper-tiny": "whisper",
 }
 # (hub id, subset or None) -> builder name
 DATASETS = {
@@ -40,6 +45,8 @@ DATASETS = {
     ("rajpurkar/squad_v2", None): "squad_v2",
     ("HuggingFaceH4/ultrafeedback_binarized", None): "ultrafeedback",
     ("openai/gsm8k", "main"): "gsm8k",
+    ("uoft-cs/cifar10", None): "cifar10",
+    ("hf-internal-testing/librispeech_asr_dummy", "clean"): "librispeech_dummy",
 }
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -115,8 +122,11 @@ def _model(kind: str, vocab_size: int):
 
 
 def _save_model(hub: Path, repo_id: str, kind: str, revision: str) -> None:
-    tokenizer = _bert_tokenizer() if kind.startswith("bert") else _tokenizer(kind)
-    model = _model(kind, len(tokenizer))
+    if kind in standin_multimodal.BUILDERS:
+        model, tokenizer = standin_multimodal.BUILDERS[kind]()  # a processor (tokenizer + image/audio front end)
+    else:
+        tokenizer = _bert_tokenizer() if kind.startswith("bert") else _tokenizer(kind)
+        model = _model(kind, len(tokenizer))
     repo = hub / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / revision
     model.save_pretrained(snapshot)
@@ -254,7 +264,8 @@ def build(folder: Path | str = DEFAULT_FOLDER, force: bool = False) -> Path:
     for repo_id, kind in MODELS.items():
         _save_model(folder / "hub", repo_id, kind, revision)
     builders = {"mnist": _mnist, "smoltalk": _smoltalk, "squad_v2": _squad_v2, "ultrafeedback": _ultrafeedback,
-                "gsm8k": _gsm8k}
+                "gsm8k": _gsm8k, "cifar10": standin_multimodal.cifar10,
+                "librispeech_dummy": standin_multimodal.librispeech_dummy}
     for (repo_id, subset), name in DATASETS.items():
         target = folder / "datasets" / repo_id.replace("/", "--")
         if subset:
