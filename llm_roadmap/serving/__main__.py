@@ -1,0 +1,147 @@
+"""Serve a model over the OpenAI API: `python -m llm_roadmap.serving --model tiny-test` (or a local folder).
+
+API keys come from the environment variable LLM_ROADMAP_API_KEYS (comma-separated), never from the command line,
+where `ps` and shell histories would show them. Without keys the server only accepts binding to loopback.
+`--port 0` lets the OS pick a free port; `--port-file` then tells the parent which one (`process.start_server`
+uses both, so there is no race between choosing a port and binding it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .settings import API_KEYS_ENV, ServerSettings, api_keys_from_env
+
+TINY_TEST = "tiny-test"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for the model, the address and every numeric setting of ServerSettings (--max-concurrent, ...)."""
+    parser = argparse.ArgumentParser(prog="python -m llm_roadmap.serving", description=__doc__.splitlines()[0],
+                                     epilog=f"API keys: set {API_KEYS_ENV}=key1,key2 in the environment.")
+    parser.add_argument("--model", default=TINY_TEST,
+                        help=f"a folder from save_pretrained (safetensors), or {TINY_TEST!r} (a tiny random model)")
+    parser.add_argument("--token-delay-ms", type=float, default=0.0, help="wait this long before each token (demos)")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch's CPU threads (0: torch's default); 1 is fastest for tiny models on a busy CPU")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    parser.add_argument("--parent-pid", type=int, help="shut down gracefully when this process is gone")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    for field in dataclasses.fields(ServerSettings):
+        if field.name == "api_keys":
+            continue
+        kind = {int: int, float: float, str: str}.get(type(field.default), str)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
+                            help=f"(default: {field.default})")
+    return parser
+
+
+def load_backend(model: str, workdir: Path) -> Any:
+    """A TransformersBackend for a folder, or for the tiny test model built into `workdir`."""
+    from .backends import TransformersBackend, build_tiny_test_model
+
+    if model == TINY_TEST:
+        return TransformersBackend(build_tiny_test_model(workdir / TINY_TEST), name=TINY_TEST)
+    path = Path(model)
+    if not path.is_dir():
+        raise SystemExit(f"--model must be {TINY_TEST!r} or a folder saved with save_pretrained; {model!r} is neither")
+    return TransformersBackend(path)
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the signal it shut down for; exiting with 0 says "stopped as asked", not "killed"
+    raise SystemExit(0)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, marking the app not ready once shutdown starts, and following its parent's death."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, parent_pid: int | None):
+        super().__init__(config)
+        self.app, self.parent_pid = app, parent_pid
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """Mark the app draining (/health/ready answers 503), then uvicorn's graceful shutdown."""
+        self.app.state.serving.draining = True
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """Once a second: if our parent died (we were reparented), shut down rather than live on as an orphan."""
+        if self.parent_pid is not None and counter % 10 == 0 and os.getppid() != self.parent_pid:
+            self.app.state.serving.draining = True
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the model, bind the socket, serve until SIGTERM/SIGINT (finishing in-flight requests)."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings) if f.name != "api_keys"}
+    try:
+        settings = ServerSettings(**options, api_keys=api_keys_from_env())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from .app import create_app
+    from .backends import SlowBackend
+
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    with tempfile.TemporaryDirectory(prefix="llm-serve-") as workdir:
+        backend = load_backend(args.model, Path(workdir))
+        if args.token_delay_ms > 0:
+            backend = SlowBackend(backend, args.token_delay_ms / 1000)
+        app = create_app(backend, settings)
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=settings.shutdown_timeout_s,
+                                lifespan="on")
+        server = DrainingServer(config, app, args.parent_pid)
+        if args.port_file is not None:
+            partial = args.port_file.with_suffix(".partial")
+            partial.write_text(str(port))
+            partial.replace(args.port_file)  # atomic: the reader never sees half a number
+        auth = "on" if settings.auth_required else "off"
+        logging.getLogger("llm_roadmap.serving").info("serving %s on http://%s:%d (auth %s)",
+                                                      app.state.serving.model_name, settings.host, port, auth)
+        asyncio.run(server.serve(sockets=[sock]))
+    return 0
+
+
+def run() -> None:
+    """main(), then exit without the interpreter's teardown of torch and transformers (seconds on a small CPU): by
+    then the server has closed its socket, finished its requests and removed its temporary folder."""
+    try:
+        code = main()
+    except SystemExit as exc:  # SIGTERM's graceful path, argparse errors, load_backend's messages
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()
