@@ -23,14 +23,15 @@ from pathlib import Path
 from . import standin_multimodal
 
 DEFAULT_FOLDER = ".standin-hub"
-VERSION = "5"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
+VERSION = "6"  # bump when a stand-in changes: the folder is rebuilt when its stamp differs
 
 # hub id -> (kind of model, the real model's special tokens and chat template, for the tokenizer)
 MODELS = {
     "openai-community/gpt2": "gpt2",
     "gpt2": "gpt2",  # the legacy alias some code still uses
     "HuggingFaceTB/SmolLM2-135M": "smollm2",
-    "HuggingFaceTB/SmolLM2-360M-Instruct": "smollm2",
+    "HuggingFaceTB/SmolLM2-360M-Instruct": "smollm2-larger",  # one layer more than the 135M stand-ins: a target
+    # and a draft for speculative decoding (lesson 9.1) must differ
     "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2",
     "intfloat/e5-small-v2": "bert",  # a sentence embedder (mean pooling)
     "cross-encoder/ms-marco-MiniLM-L6-v2": "bert-cross-encoder",  # a reranker: one relevance logit per pair
@@ -71,7 +72,7 @@ def _tokenizer(kind: str):
 
     from llm_roadmap.data import pydoc_text
 
-    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if kind == "smollm2" else [])
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if kind.startswith("smollm2") else [])
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -80,7 +81,7 @@ def _tokenizer(kind: str):
     bpe.train_from_iterator([pydoc_text()[:200_000]], trainer)
     tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                   unk_token="<|endoftext|>", model_max_length=2048)
-    if kind == "smollm2":
+    if kind.startswith("smollm2"):
         tokenizer.chat_template = CHATML
     return tokenizer
 
@@ -114,8 +115,9 @@ def _model(kind: str, vocab_size: int):
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4,
                                           bos_token_id=0, eos_token_id=0))
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=3 if kind == "smollm2-larger" else 2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
                          rope_theta=100_000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0,
                          eos_token_id=0)
     return LlamaForCausalLM(config)
