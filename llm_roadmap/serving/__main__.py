@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, settings.port))
         port = sock.getsockname()[1]
+        # h11 with an explicit cap on a request's head (16 KiB): a header flood is refused the same way whichever
+        # optional parser (httptools) happens to be installed; with httptools a 1 MB header was served
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=settings.shutdown_timeout_s,
-                                lifespan="on")
+                                lifespan="on", http="h11", h11_max_incomplete_event_size=16 * 1024)
         server = DrainingServer(config, app, args.parent_pid)
         if args.port_file is not None:
             partial = args.port_file.with_suffix(".partial")
