@@ -7,7 +7,6 @@ One server for the module (starting one costs seconds of imports); the shutdown 
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import threading
@@ -16,9 +15,9 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
+from test_serving import hf_greedy  # tests/ is on sys.path (pytest rootdir): one reference for both files
 
 from llm_roadmap.serving.backends import TransformersBackend, build_tiny_test_model
 from llm_roadmap.serving.process import ServerProcess, assert_stopped, port_is_free, start_server
@@ -63,13 +62,6 @@ def client(live) -> OpenAI:
         yield c
 
 
-def hf_greedy(backend: TransformersBackend, prompt_ids: list[int], n: int, ignore_eos: bool = False) -> str:
-    ids = torch.tensor([prompt_ids])
-    config = copy.deepcopy(backend.model.generation_config)
-    config.eos_token_id = None if ignore_eos else config.eos_token_id
-    config.max_new_tokens, config.do_sample = n, False
-    out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return backend.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
 
 
 def scrape(server: ServerProcess, name: str, **labels) -> float:
