@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -16,7 +18,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_roadmap.models.gpt import GPT, GPTConfig
-from llm_roadmap.serving.app import Admission, APIError, IncrementalText, RateLimiter, create_app
+from llm_roadmap.serving.app import Admission, APIError, IncrementalText, RateLimiter, RequestContext, create_app
 from llm_roadmap.serving.backends import (
     GPTBackend,
     SamplingParams,
@@ -24,6 +26,7 @@ from llm_roadmap.serving.backends import (
     TransformersBackend,
     build_tiny_test_model,
 )
+from llm_roadmap.serving.metrics import JsonFormatter, accept_request_id, request_id_var
 from llm_roadmap.serving.settings import ServerSettings, api_keys_from_env
 
 KEY, OTHER_KEY = "test-key-1", "test-key-2"
@@ -512,3 +515,282 @@ def test_opentelemetry_spans_tokenize_queue_prefill_decode(backend, make_app):
     exporter.clear()
     call(app, "POST", "/v1/completions", json=completion(model="nope"))
     assert not exporter.get_finished_spans(), "rejected before any work: no spans"
+
+
+# --- decode tokens per second: one observation per generation of two tokens or more ---------------------------------
+class InstantBackend:
+    """Makes all its tokens at once: they reach the event loop together, within one iteration of it."""
+
+    name, context_length, vocab_size, step_observer = "instant", 512, 256, None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def chat_prompt_ids(self, messages) -> list[int]:
+        return self.encode(messages[-1]["content"])
+
+    def stream(self, prompt_ids, params: SamplingParams, cancel: threading.Event) -> Iterator[int]:
+        yield from [ord("a")] * params.max_tokens
+
+
+def test_decode_rate_observed_once_per_generation_of_two_tokens_or_more_under_uvloop():
+    """uvloop's clock (`loop.time()`) is cached per loop iteration in whole milliseconds: a rate timed with it saw
+    0 s between tokens that arrived together and skipped them (9.3 once counted 20, 33 or 40 of 46 requests)."""
+    pytest.importorskip("uvloop")
+    import uvicorn
+
+    app = create_app(InstantBackend(), ServerSettings(rate_limit_rps=0, max_concurrent=4))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        sizes = [1, 2, 3, 5, 8] * 6
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for i, n in enumerate(sizes):
+                reply = http.post("/v1/completions", json={"model": "instant", "prompt": "x", "max_tokens": n,
+                                                           "stream": bool(i % 2)})
+                assert reply.status_code == 200
+            samples = {s.name: s.value for f in text_string_to_metric_families(http.get("/metrics").text)
+                       for s in f.samples if not s.labels}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    assert samples["llm_time_to_first_token_seconds_count"] == len(sizes)
+    assert samples["llm_decode_tokens_per_second_count"] == sum(n >= 2 for n in sizes)  # 24, not fewer
+    assert samples["llm_generated_tokens_total"] == sum(sizes)
+
+
+# --- request ids ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def json_log():
+    """The package's log lines (llm_roadmap.serving and .access), as parsed JSON, while the test runs."""
+    import io
+    import logging
+
+    stream, package = io.StringIO(), logging.getLogger("llm_roadmap.serving")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    package.addHandler(handler)
+    level = package.level
+    package.setLevel(logging.INFO)  # (setLevel, not .level =: loggers cache whether a level is enabled)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    package.removeHandler(handler)
+    package.setLevel(level)
+
+
+def test_request_ids_accepted_when_safe_replaced_otherwise():
+    assert accept_request_id("req-01.A:b_c") == "req-01.A:b_c"
+    for bad in (None, "", "has space", 'quote"', "x" * 65, "é", "a\nfake log line", "{}"):
+        fresh = accept_request_id(bad)
+        assert fresh != bad and len(fresh) == 32 and int(fresh, 16) >= 0
+    assert accept_request_id(None) != accept_request_id(None), "a new id for each request"
+
+
+def test_request_id_echoed_logged_and_on_the_span(backend, make_app, json_log):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = make_app(backend, tracer=provider.get_tracer("test"))
+    mine = call(app, "POST", "/v1/completions", headers={**AUTH, "X-Request-ID": "client-42"}, json=completion())
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "client-42"
+    unsafe = call(app, "GET", "/v1/models", headers={**AUTH, "X-Request-ID": "bad id " + "x" * 80})
+    fresh = unsafe.headers["x-request-id"]
+    assert len(fresh) == 32 and "bad" not in fresh
+    refused = call(app, "GET", "/v1/models", headers={"X-Request-ID": "no-key-1"})  # errors carry it too
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "no-key-1"
+    streamed = call(app, "POST", "/v1/completions", headers={**AUTH, "X-Request-ID": "stream-7"},
+                    json=completion(stream=True))
+    assert streamed.headers["x-request-id"] == "stream-7"
+    access = [e for e in json_log() if e["logger"] == "llm_roadmap.serving.access"]
+    assert [(e["request_id"], e["status"], e["path"]) for e in access] == [
+        ("client-42", 200, "/v1/completions"), (fresh, 200, "/v1/models"), ("no-key-1", 401, "/v1/models"),
+        ("stream-7", 200, "/v1/completions")]
+    assert all(e["latency_s"] >= 0 and e["method"] in ("GET", "POST") for e in access)
+    roots = {s.attributes["request_id"] for s in exporter.get_finished_spans() if s.name == "completions"}
+    assert roots == {"client-42", "stream-7"}
+    assert request_id_var.get() == "-", "the id does not outlive its request"
+
+
+def test_server_errors_are_logged_with_the_request_id_never_shown(backend, make_app, json_log):
+    app = make_app(FailingBackend(backend, 0))
+    failed = call(app, "POST", "/v1/completions", headers={**AUTH, "X-Request-ID": "fail-1"}, json=completion())
+    assert failed.status_code == 500 and failed.headers["x-request-id"] == "fail-1"
+    errors = [e for e in json_log() if e["level"] == "ERROR"]
+    assert [e["request_id"] for e in errors] == ["fail-1"] and "secret internals" in errors[0]["error"]
+    # an error nothing in the app expected (here: the tokenizer raises) still gets an OpenAI-shaped 500, with the id
+    broken = TransformersBackend(backend.model, backend.tokenizer, name=MODEL)
+    broken.encode = lambda text: 1 / 0
+    crash = call(make_app(broken), "POST", "/v1/completions", headers={**AUTH, "X-Request-ID": "crash-1"},
+                 json=completion())
+    error = assert_openai_error(crash, 500, "crash-1")
+    assert error["type"] == "server_error" and crash.headers["x-request-id"] == "crash-1"
+    logged = [e for e in json_log() if e["request_id"] == "crash-1"]
+    assert [e["level"] for e in logged] == ["ERROR", "INFO"] and "ZeroDivisionError" in logged[0]["traceback"]
+    assert logged[1]["status"] == 500
+
+
+class SharedAttribute:
+    """The broken twin of a ContextVar: one value that every request overwrites."""
+
+    value = "-"
+
+    def set(self, value: str) -> None:
+        self.value = value
+
+    def get(self) -> str:
+        return self.value
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["contextvar", "shared-attribute-twin"])
+def test_concurrent_requests_keep_their_own_ids(twin):
+    import io
+    import logging
+    import random
+
+    store = SharedAttribute() if twin else request_id_var
+    stream, inner = io.StringIO(), logging.getLogger("test.inner")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(store.get))
+    inner.addHandler(handler)
+    inner.setLevel(logging.INFO)
+    delays = random.Random(0)
+
+    async def app(scope, receive, send):  # logs from deep inside, after a random wait, as a model call would
+        await asyncio.sleep(delays.uniform(0, 0.02))
+        inner.info("inside", extra={"fields": {"sent": scope["path"][1:]}})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def go():
+        middleware = RequestContext(app, store=store, access_log=logging.getLogger("test.access"))
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=middleware), base_url="http://t")
+        async with client:
+            await asyncio.gather(*(client.get(f"/r{i}", headers={"X-Request-ID": f"r{i}"}) for i in range(12)))
+
+    try:
+        asyncio.run(go())
+    finally:
+        inner.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    wrong = sum(e["request_id"] != e["sent"] for e in lines)
+    assert len(lines) == 12
+    assert (wrong > 0) if twin else (wrong == 0), wrong
+
+
+# --- device and dtype -----------------------------------------------------------------------------------------------
+def test_device_and_dtype_flags_resolve_or_fail_clearly(capsys):
+    from llm_roadmap.serving.__main__ import main, resolve_placement
+    from llm_roadmap.serving.backends import check_device
+
+    check_device("cpu")
+    for bad, fragment in [("tpu", "unknown device"), ("cuda:99", "CUDA GPU"), ("gpu", "unknown device")]:
+        with pytest.raises(ValueError, match=fragment):
+            check_device(bad)
+    expected = ("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
+        if torch.cuda.is_available() else ("cpu", torch.float32)
+    assert resolve_placement("auto", "auto") == expected
+    assert resolve_placement("cpu", "bfloat16") == ("cpu", torch.bfloat16)
+    assert resolve_placement("cpu", "auto") == ("cpu", torch.float32)
+    assert main(["--device", "cuda:99"]) == 2  # refused before any model is loaded
+    assert "cuda:99" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--dtype", "float8"])  # argparse's choices
+
+
+def test_backend_in_another_dtype_reports_it_and_samples(backend, make_app):
+    half = TransformersBackend(copy.deepcopy(backend.model), backend.tokenizer, name=MODEL, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and backend.dtype == torch.float32
+    app = make_app(half)
+    card = call(app, "GET", f"/v1/models/{MODEL}").json()
+    assert (card["device"], card["dtype"]) == ("cpu", "bfloat16")
+    assert call(app, "GET", "/health/ready", headers=None).json() == {"status": "ready", "model": MODEL,
+                                                                     "device": "cpu", "dtype": "bfloat16"}
+    sampled = call(app, "POST", "/v1/completions", json=completion(temperature=1.0, seed=3, ignore_eos=True))
+    assert sampled.status_code == 200 and sampled.json()["usage"]["completion_tokens"] == 8
+
+
+# --- assert_stopped: this server's processes, and a port that a restarted server may hold -------------------------
+LISTENER = """
+import os, signal, socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen()
+if sys.argv[2] == "fork" and os.fork() == 0:  # a child that inherits the listening socket and outlives its parent
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+    os._exit(0)
+print(sock.getsockname()[1], flush=True)
+time.sleep(60)
+"""
+
+
+def listener(tmp_path, port: int = 0, fork: bool = False):
+    """A stand-in server: a process listening on 127.0.0.1:port, wrapped in the package's ServerProcess."""
+    import subprocess
+    import sys
+
+    from llm_roadmap.serving.process import ServerProcess
+
+    process = subprocess.Popen([sys.executable, "-c", LISTENER, str(port), "fork" if fork else "-"],
+                               stdout=subprocess.PIPE, text=True)
+    bound = int(process.stdout.readline())
+    process.stdout.close()
+    workdir = tmp_path / f"server-{process.pid}"
+    workdir.mkdir()
+    return ServerProcess(process, "127.0.0.1", bound, None, workdir, stop_timeout_s=10)
+
+
+def test_assert_stopped_accepts_a_successor_on_the_same_port(tmp_path):
+    from llm_roadmap.serving.process import assert_stopped, port_is_free
+
+    old = listener(tmp_path)
+    with pytest.raises(AssertionError, match="still running"):
+        assert_stopped(old)
+    old.stop()
+    assert_stopped(old)  # gone, port closed
+    new = listener(tmp_path, port=old.port)  # restarted on the same port
+    try:
+        assert not port_is_free(old.port), "(the twin: a port-only check would blame the old server)"
+        assert_stopped(old)  # the port is held, but by another live process
+        with pytest.raises(AssertionError, match="still running"):
+            assert_stopped(new)
+    finally:
+        new.stop()
+    assert_stopped(new)
+
+
+def test_assert_stopped_fails_while_a_child_of_the_server_holds_its_port(tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    from llm_roadmap.serving.process import assert_stopped
+
+    server = listener(tmp_path, fork=True)
+    children = psutil.Process(server.pid).children()
+    try:
+        assert len(children) == 1
+        server.stop()
+        assert not server.is_running()
+        with pytest.raises(AssertionError, match=rf"processes \[{children[0].pid}\] still exist"):
+            assert_stopped(server)
+    finally:
+        for child in children:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(5)
+    assert_stopped(server)

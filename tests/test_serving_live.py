@@ -43,7 +43,8 @@ def reference(model_dir) -> TransformersBackend:
 def server(model_dir):
     handle = start_server(model_dir, api_keys=[KEY, LIMITED_KEY], model_name=MODEL, max_concurrent=1, max_queue=4,
                           token_delay_ms=TOKEN_DELAY_MS, rate_limit_rps=1, rate_limit_burst=RATE_BURST,
-                          request_timeout_s=30, shutdown_timeout_s=15, torch_threads=1, log_level="warning")
+                          request_timeout_s=30, shutdown_timeout_s=15, torch_threads=1, log_level="info",
+                          device="cpu", dtype="float32")  # where the reference runs: the same numbers
     yield handle
     handle.stop()
     assert_stopped(handle)
@@ -76,9 +77,33 @@ def scrape(server: ServerProcess, name: str, **labels) -> float:
 MESSAGES = [{"role": "user", "content": "Explain dictionaries."}]
 
 
-def test_models_list(client):
+def test_models_list(live, client):
     assert [model.id for model in client.models.list().data] == [MODEL]
-    assert client.models.retrieve(MODEL).id == MODEL
+    card = client.models.retrieve(MODEL)
+    assert card.id == MODEL and (card.device, card.dtype) == ("cpu", "float32")  # (extra fields: the client keeps)
+    ready = httpx.get(f"{live.base_url}/health/ready", timeout=10).json()
+    assert ready == {"status": "ready", "model": MODEL, "device": "cpu", "dtype": "float32"}
+
+
+def test_request_id_from_client_to_the_json_log(live, client):
+    answer = client.completions.with_raw_response.create(model=MODEL, prompt="x", max_tokens=2,
+                                                          extra_headers={"X-Request-ID": "live-ok-1"})
+    assert answer.headers["x-request-id"] == "live-ok-1"
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2, extra_headers={"X-Request-ID": "live-422"})
+    assert refused.value.request_id == "live-422"  # what the official client shows for a failed call
+    generated = client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+    assert len(generated._request_id) == 32, "an id the server made up"
+    deadline = time.monotonic() + 5  # the log line is written once the response is sent
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in live.log().splitlines() if line.startswith("{")]
+        access = {e["request_id"]: e for e in lines if e["logger"] == "llm_roadmap.serving.access"}
+        if {"live-ok-1", "live-422", generated._request_id} <= set(access):
+            break
+        time.sleep(0.1)
+    assert access["live-ok-1"]["status"] == 200 and access["live-422"]["status"] == 422
+    assert access[generated._request_id]["path"] == "/v1/completions"
+    assert all(line.startswith("{") for line in live.log().splitlines()), "every line of the server's log is JSON"
 
 
 def test_openai_client_gets_hf_generates_text(client, reference):
@@ -250,10 +275,34 @@ def test_metrics_count_live_requests_by_status(live, client):
     assert scrape(live, "llm_time_to_first_token_seconds_count") > 0
 
 
+def test_the_engine_behind_the_cli_serves_hf_greedy_text_to_concurrent_clients(model_dir, reference):
+    """`--engine` (lesson 4.4's engine, continuous batching): concurrent requests, each equal to HF `generate`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    handle = start_server(model_dir, api_keys=[KEY], model_name=MODEL, engine=True, torch_threads=1,
+                          device="cpu", dtype="float32")
+    try:
+        prompts = ["import os\n", "def f(x):", "class A:", "# a comment"]
+        with OpenAI(base_url=handle.openai_base_url, api_key=KEY, max_retries=0, timeout=60) as c:
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                texts = list(pool.map(lambda p: c.completions.create(
+                    model=MODEL, prompt=p, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+                ).choices[0].text, prompts))
+        for prompt, text in zip(prompts, texts):
+            assert text == hf_greedy(reference, reference.encode(prompt), 12, ignore_eos=True), prompt
+        assert "with EngineBackend on" in handle.log(), "the flag did not reach the backend"
+    finally:
+        handle.stop()
+    assert_stopped(handle)
+
+
 def test_graceful_shutdown_finishes_the_request_in_flight(server, reference):
     """Last test: SIGTERM while a stream is running: it completes, new connections are refused, the process exits 0,
-    and the port is free."""
+    and the port is free. A client that connected just before the SIGTERM and sends its request just after is
+    answered, not reset (uvicorn alone closes such a connection as idle)."""
     assert server.is_running()
+    early = socket.create_connection((server.host, server.port), timeout=10)  # connected, request not sent yet
+    time.sleep(0.3)  # (accepted by the server's event loop by now)
     request = {"model": MODEL, "prompt": "for i in", "max_tokens": 60, "temperature": 0, "stream": True,
                "ignore_eos": True}  # ~0.6 s of tokens
     events, refused_while_in_flight = [], []
@@ -268,10 +317,18 @@ def test_graceful_shutdown_finishes_the_request_in_flight(server, reference):
                 events.append(line[6:])
                 if len(events) == 2:  # in flight: ask the server to stop, then check it takes no new connections
                     server.terminate()
+                    time.sleep(0.2)
+                    early.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                                  + b"\r\nConnection: close\r\n\r\n")
                     watcher = threading.Thread(target=lambda: refused_while_in_flight.append(
                         _refused_within(server, seconds=5)))
                     watcher.start()
     watcher.join()
+    with early:
+        reply = b""
+        while chunk := early.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and MODEL.encode() in reply, reply[:200]
     assert events[-1] == "[DONE]", "the in-flight stream was finished, not cut"
     text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
     assert text == hf_greedy(reference, reference.encode("for i in"), 60, ignore_eos=True)

@@ -3,7 +3,10 @@
 API keys come from the environment variable LLM_ROADMAP_API_KEYS (comma-separated), never from the command line,
 where `ps` and shell histories would show them. Without keys the server only accepts binding to loopback.
 `--port 0` lets the OS pick a free port; `--port-file` then tells the parent which one (`process.start_server`
-uses both, so there is no race between choosing a port and binding it).
+uses both, so there is no race between choosing a port and binding it). `--device auto` runs on the GPU when there
+is one, `--dtype auto` picks the dtype from the device (`llm_roadmap.config.pick_dtype`: bf16 where supported, fp16 on
+older GPUs, fp32 on the CPU); /health/ready and /v1/models show both. Logs are JSON lines by default, each carrying
+the request id (`--log-format text` for plain lines).
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from .metrics import JsonFormatter
 from .settings import API_KEYS_ENV, ServerSettings, api_keys_from_env
 
 TINY_TEST = "tiny-test"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ACCEPT_GRACE_S = 1.0  # at shutdown: how long a just-accepted connection may take to send its request
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=f"API keys: set {API_KEYS_ENV}=key1,key2 in the environment.")
     parser.add_argument("--model", default=TINY_TEST,
                         help=f"a folder from save_pretrained (safetensors), or {TINY_TEST!r} (a tiny random model)")
+    parser.add_argument("--engine", action="store_true",
+                        help="serve through lesson 4.4's engine (paged KV cache, continuous batching across requests)")
+    parser.add_argument("--engine-max-batch", type=int, default=8, help="the engine's batch size (with --engine)")
     parser.add_argument("--token-delay-ms", type=float, default=0.0, help="wait this long before each token (demos)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch's CPU threads (0: torch's default); 1 is fastest for tiny models on a busy CPU")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     parser.add_argument("--parent-pid", type=int, help="shut down gracefully when this process is gone")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="the weights' dtype; auto: bfloat16 on GPUs that support it, float16 on older ones, "
+                        "float32 on the CPU")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-format", default="json", choices=["json", "text"],
+                        help="json: one object per line with the request id (default); text: plain lines")
     for field in dataclasses.fields(ServerSettings):
         if field.name == "api_keys":
             continue
@@ -48,16 +64,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_backend(model: str, workdir: Path) -> Any:
-    """A TransformersBackend for a folder, or for the tiny test model built into `workdir`."""
+def resolve_placement(device: str, dtype: str) -> tuple[str, Any]:
+    """("cuda" or "cpu", torch dtype) for --device/--dtype ("auto" resolved); ValueError for what is not here."""
+    import torch
+
+    from llm_roadmap.config import pick_dtype
+
+    from .backends import check_device
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    check_device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    chosen = pick_dtype(device) if dtype == "auto" else getattr(torch, dtype)
+    if chosen == torch.bfloat16 and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16: use float16 or auto")
+    return device, chosen
+
+
+def load_backend(model: str, workdir: Path, device: str = "cpu", dtype: Any = None, engine: bool = False,
+                 engine_max_batch: int = 8) -> Any:
+    """A TransformersBackend (with engine=True an EngineBackend: lesson 4.4's engine, continuous batching across
+    requests) on `device` in `dtype`, for a folder or for the tiny test model built into `workdir`."""
     from .backends import TransformersBackend, build_tiny_test_model
 
     if model == TINY_TEST:
-        return TransformersBackend(build_tiny_test_model(workdir / TINY_TEST), name=TINY_TEST)
-    path = Path(model)
-    if not path.is_dir():
-        raise SystemExit(f"--model must be {TINY_TEST!r} or a folder saved with save_pretrained; {model!r} is neither")
-    return TransformersBackend(path)
+        path, name = build_tiny_test_model(workdir / TINY_TEST), TINY_TEST
+    else:
+        path, name = Path(model), None
+        if not path.is_dir():
+            raise SystemExit(f"--model must be {TINY_TEST!r} or a folder saved with save_pretrained; {model!r} is "
+                             "neither")
+    if engine:
+        from .engine_backend import EngineBackend
+
+        return EngineBackend(path, name=name, max_batch=engine_max_batch, device=device, dtype=dtype)
+    return TransformersBackend(path, name=name, device=device, dtype=dtype)
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -77,6 +119,20 @@ class DrainingServer(uvicorn.Server):
         self.app.state.serving.draining = True
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting; give connections accepted a moment ago up to ACCEPT_GRACE_S to send their request; then
+        uvicorn's graceful shutdown (which closes a connection whose request it has not read yet as idle: its client,
+        which did send a request, would see a reset instead of an answer)."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        deadline = time.monotonic() + ACCEPT_GRACE_S
+        while time.monotonic() < deadline and any(getattr(connection, "cycle", True) is None
+                                                  for connection in self.server_state.connections):
+            await asyncio.sleep(0.01)
+        await super().shutdown(sockets)
+
     async def on_tick(self, counter: int) -> bool:
         """Once a second: if our parent died (we were reparented), shut down rather than live on as an orphan."""
         if self.parent_pid is not None and counter % 10 == 0 and os.getppid() != self.parent_pid:
@@ -92,20 +148,30 @@ def main(argv: list[str] | None = None) -> int:
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings) if f.name != "api_keys"}
     try:
         settings = ServerSettings(**options, api_keys=api_keys_from_env())
+        device, dtype = resolve_placement(args.device, args.dtype)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from transformers.utils.logging import disable_progress_bar
 
     from .app import create_app
     from .backends import SlowBackend
 
+    disable_progress_bar()  # a server's log is lines of JSON (or text), not progress bars
     if args.torch_threads > 0:
         import torch
 
         torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix="llm-serve-") as workdir:
-        backend = load_backend(args.model, Path(workdir))
+        backend = load_backend(args.model, Path(workdir), device, dtype, engine=args.engine,
+                               engine_max_batch=args.engine_max_batch)
         if args.token_delay_ms > 0:
             backend = SlowBackend(backend, args.token_delay_ms / 1000)
         app = create_app(backend, settings)
@@ -116,16 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         port = sock.getsockname()[1]
         # h11 with an explicit cap on a request's head (16 KiB): a header flood is refused the same way whichever
         # optional parser (httptools) happens to be installed; with httptools a 1 MB header was served
+        # JSON logs: uvicorn's loggers propagate to our handler, and our access line (with the request id) replaces
+        # uvicorn's own
+        json_logs = {"log_config": None, "access_log": False} if args.log_format == "json" else {}
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=settings.shutdown_timeout_s,
-                                lifespan="on", http="h11", h11_max_incomplete_event_size=16 * 1024)
+                                lifespan="on", http="h11", h11_max_incomplete_event_size=16 * 1024, **json_logs)
         server = DrainingServer(config, app, args.parent_pid)
         if args.port_file is not None:
             partial = args.port_file.with_suffix(".partial")
             partial.write_text(str(port))
             partial.replace(args.port_file)  # atomic: the reader never sees half a number
         auth = "on" if settings.auth_required else "off"
-        logging.getLogger("llm_roadmap.serving").info("serving %s on http://%s:%d (auth %s)",
-                                                      app.state.serving.model_name, settings.host, port, auth)
+        logging.getLogger("llm_roadmap.serving").info("serving %s with %s on http://%s:%d (auth %s, %s, %s)",
+                                                      app.state.serving.model_name, type(backend).__name__,
+                                                      settings.host, port, auth, device,
+                                                      str(dtype).removeprefix("torch."))
         asyncio.run(server.serve(sockets=[sock]))
     return 0
 

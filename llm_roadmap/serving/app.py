@@ -9,11 +9,17 @@ key's token bucket (429 + Retry-After), JSON and field validation (422, naming t
 generation slot (wait in a bounded queue; 503 + Retry-After when it is full), the deadline (504). Every error body
 is OpenAI-shaped, {"error": {"message", "type", "param", "code"}}, and never carries a traceback. A client that
 disconnects cancels its generation, which frees its slot within one token.
+
+Every response carries an `X-Request-ID` header: the client's own (if 1-64 safe characters) or a new one. The same
+id is in the JSON access line of the request (logger `llm_roadmap.serving.access`), in every log line written while
+it runs (with `metrics.JsonFormatter`), and in its OpenTelemetry span's `request_id` attribute; the official openai
+client shows it as `exc.request_id` / `response._request_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import json
@@ -36,10 +42,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .backends import Backend, SamplingParams
-from .metrics import Metrics, end_span, start_span
+from .metrics import REQUEST_ID_HEADER, Metrics, accept_request_id, end_span, request_id_var, start_span
 from .settings import ServerSettings
 
 logger = logging.getLogger("llm_roadmap.serving")
+access_logger = logging.getLogger("llm_roadmap.serving.access")
 ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/health/ready", "/metrics")
 
 
@@ -348,9 +355,11 @@ class Generation:
     """
 
     def __init__(self, state: ServingState, prompt_ids: list[int], params: SamplingParams, stop: list[str],
-                 deadline: float, started: float, span: Any = None):
+                 deadline: float, received: float, span: Any = None):
+        # deadline: on the event loop's clock; received: time.perf_counter() when the request arrived (for metrics:
+        # uvloop's loop.time() is cached once per loop iteration, in whole milliseconds)
         self.state, self.prompt_ids, self.params, self.stop = state, prompt_ids, params, stop
-        self.deadline, self.started, self.span = deadline, started, span
+        self.deadline, self.received, self.span = deadline, received, span
         self.cancel = threading.Event()
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -380,14 +389,14 @@ class Generation:
                 cancel.set()
 
         def work() -> None:
-            try:
+            try:  # each token with the time it was made: the event loop may take several at once
                 for token in backend.stream(self.prompt_ids, self.params, cancel):
-                    put(("token", token))
+                    put(("token", token, time.perf_counter()))
                     if cancel.is_set():
                         break
-                put(("end", None))
+                put(("end", None, time.perf_counter()))
             except Exception as exc:  # reported to the client as a 500 without details; logged in full
-                put(("error", exc))
+                put(("error", exc, time.perf_counter()))
 
         self._future = loop.run_in_executor(self.state.executor, work)
         self._future.add_done_callback(self._release)
@@ -398,13 +407,13 @@ class Generation:
         queue: asyncio.Queue = asyncio.Queue()
         text = IncrementalText(self.state.backend.decode, self.stop)
         prefill = start_span(tracer, "prefill", self.span, prompt_tokens=len(self.prompt_ids))
-        decode_span, first_at = None, None
+        decode_span, first_at, last_at = None, None, None
         self._start_worker(loop, queue)
         try:
             while True:
                 try:  # (not wait_for: on Python 3.11 it can swallow a cancellation that races a result)
                     async with asyncio.timeout_at(self.deadline):
-                        kind, value = await queue.get()
+                        kind, value, made_at = await queue.get()
                 except TimeoutError:
                     self.finish_reason = "timeout"
                     raise GenerationTimeout(self.state.settings.request_timeout_s, "while generating") from None
@@ -418,9 +427,10 @@ class Generation:
                     yield text.flush(), self.finish_reason
                     return
                 self.completion_tokens += 1
+                last_at = made_at
                 if first_at is None:
-                    first_at = loop.time()
-                    metrics.time_to_first_token.observe(first_at - self.started)
+                    first_at = made_at
+                    metrics.time_to_first_token.observe(first_at - self.received)
                     end_span(prefill)
                     decode_span = start_span(tracer, "decode", self.span)
                 piece = text.push(value)
@@ -440,8 +450,10 @@ class Generation:
             self.close()
             metrics.generations.labels(self.finish_reason or "cancelled").inc()
             metrics.generated_tokens.inc(self.completion_tokens)
-            if first_at is not None and self.completion_tokens > 1 and loop.time() > first_at:
-                metrics.decode_tokens_per_second.observe((self.completion_tokens - 1) / (loop.time() - first_at))
+            if self.completion_tokens >= 2:  # one observation per generation of two tokens or more, however it ended
+                # (tokens after the first) / (time from the first to the last), clocked where they were made; the
+                # floor keeps a burst within the clock's resolution an (enormous) observation, not a skipped one
+                metrics.decode_tokens_per_second.observe((self.completion_tokens - 1) / max(last_at - first_at, 1e-9))
             end_span(prefill if first_at is None else None, error=error)
             end_span(decode_span, error=error, completion_tokens=self.completion_tokens)
 
@@ -452,6 +464,9 @@ class ServingState:
     def __init__(self, backend: Backend, settings: ServerSettings, metrics: Metrics, tracer: Any = None):
         self.backend, self.settings, self.metrics, self.tracer = backend, settings, metrics, tracer
         self.model_name = settings.model_name or backend.name
+        # where the model runs, for /v1/models and /health/ready ({} for a backend that does not say)
+        self.placement = {key: str(getattr(backend, key)).removeprefix("torch.") for key in ("device", "dtype")
+                          if getattr(backend, key, None) is not None}
         self.created = int(time.time())
         self.draining = False
         self.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
@@ -556,7 +571,7 @@ async def _until_done_or_disconnected(task: asyncio.Future, request: Request, po
 
 
 async def _run(state: ServingState, request: Request, kind: Literal["text", "chat"], req: Any, prompt_ids: list[int],
-               max_tokens: int, started: float, span: Any) -> Response:
+               max_tokens: int, started: float, received: float, span: Any) -> Response:
     """Admit the request, generate, and answer (a JSON body or an event stream)."""
     settings = state.settings
     deadline = started + settings.request_timeout_s
@@ -582,7 +597,7 @@ async def _run(state: ServingState, request: Request, kind: Literal["text", "cha
     state.metrics.prompt_tokens.inc(len(prompt_ids))
     params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                             ignore_eos=req.ignore_eos)
-    generation = Generation(state, prompt_ids, params, req.stop, deadline, started, span)
+    generation = Generation(state, prompt_ids, params, req.stop, deadline, received, span)
     ident = f"{'cmpl' if kind == 'text' else 'chatcmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     head = {"id": ident, "created": created, "model": state.model_name, "system_fingerprint": None}
@@ -717,6 +732,56 @@ class Observe:
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - start)
 
 
+class RequestContext:
+    """Outermost middleware: the request id (the client's X-Request-ID if safe, else a new one) in a ContextVar, in
+    the response's X-Request-ID header and in one JSON access line per request; an unhandled error becomes an
+    OpenAI-shaped 500 logged with the id (its traceback in the log, never in the response).
+
+    `store`: where the id lives while the request runs; a ContextVar (the default) gives every asyncio task its own
+    value. Anything with `.set()` fits (lesson 9.3 shows what a plain shared attribute gets wrong)."""
+
+    def __init__(self, app: Any, store: Any = request_id_var, access_log: logging.Logger = access_logger):
+        self.app, self.store, self.access_log = app, store, access_log
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope.get("headers", []) if k == REQUEST_ID_HEADER.encode()), None)
+        rid = accept_request_id(given.decode("latin-1") if given is not None else None)
+        token = self.store.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid  # (Starlette's request.state.request_id)
+        start, status = time.perf_counter(), None
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (REQUEST_ID_HEADER.encode(),
+                                                                                 rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            status = status or 499
+            raise
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path", "")[:200])
+            if status is not None:  # the response had begun: nothing more can be said to the client
+                raise
+            status = 500
+            error = APIError(500, "internal server error; the server's log has the details (request id "
+                             f"{rid})", type="server_error")
+            await error.response()(scope, receive, send_with_id)
+        finally:
+            self.access_log.info("request", extra={"fields": {
+                "method": scope.get("method"), "path": scope.get("path", "")[:200], "status": status or 500,
+                "latency_s": round(time.perf_counter() - start, 6),
+                "client": (scope.get("client") or ("?",))[0]}})
+            if isinstance(token, contextvars.Token):
+                self.store.reset(token)
+
+
 # --- the app ------------------------------------------------------------------------------------------------------
 def create_app(backend: Backend, settings: ServerSettings | None = None, *, tracer: Any = None,
                metrics: Metrics | None = None) -> FastAPI:
@@ -754,13 +819,11 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, trac
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
         return Response(status_code=499)  # the client left while sending its body: nobody to answer
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return APIError(500, "internal server error; the server's log has the details", type="server_error").response()
+    # (unhandled errors: RequestContext, the outermost middleware, logs them and answers an OpenAI-shaped 500)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=state.metrics)
+    app.add_middleware(RequestContext)  # added last: outermost, so that every line and response carries the id
 
     async def guard(request: Request) -> None:
         """Authentication, then the caller's rate limit."""
@@ -781,7 +844,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, trac
     async def ready() -> JSONResponse:
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": state.model_name})
+        return JSONResponse({"status": "ready", "model": state.model_name, **state.placement})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -790,7 +853,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, trac
 
     def model_card() -> dict[str, Any]:
         return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "llm-roadmap",
-                "context_length": backend.context_length}
+                "context_length": backend.context_length, **state.placement}
 
     @app.get("/v1/models", dependencies=[Depends(guard)])
     async def list_models() -> dict[str, Any]:
@@ -811,29 +874,31 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, trac
 
     @app.post("/v1/completions", dependencies=[Depends(guard)])
     async def completions(request: Request) -> Response:
-        started = asyncio.get_running_loop().time()
+        started, received = asyncio.get_running_loop().time(), time.perf_counter()
         req = parse_request(CompletionRequest, await request.body())
         state.check_model(req.model)
         state.check_stop(req.stop)
-        span = start_span(tracer, "completions", model=state.model_name, stream=req.stream)
+        span = start_span(tracer, "completions", model=state.model_name, stream=req.stream,
+                          request_id=request_id_var.get())
         try:
             tokenize = start_span(tracer, "tokenize", span)
             prompt_ids = check_ids(req.prompt) if isinstance(req.prompt, list) else \
                 await asyncio.to_thread(backend.encode, req.prompt)
             end_span(tokenize, prompt_tokens=len(prompt_ids))
             max_tokens = state.budget(req.max_tokens, len(prompt_ids), settings.default_max_tokens, "prompt")
-            return await _run(state, request, "text", req, prompt_ids, max_tokens, started, span)
+            return await _run(state, request, "text", req, prompt_ids, max_tokens, started, received, span)
         except BaseException as exc:
             end_span(span, error=type(exc).__name__)
             raise
 
     @app.post("/v1/chat/completions", dependencies=[Depends(guard)])
     async def chat_completions(request: Request) -> Response:
-        started = asyncio.get_running_loop().time()
+        started, received = asyncio.get_running_loop().time(), time.perf_counter()
         req = parse_request(ChatRequest, await request.body())
         state.check_model(req.model)
         state.check_stop(req.stop)
-        span = start_span(tracer, "chat.completions", model=state.model_name, stream=req.stream)
+        span = start_span(tracer, "chat.completions", model=state.model_name, stream=req.stream,
+                          request_id=request_id_var.get())
         try:
             tokenize = start_span(tracer, "tokenize", span)
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
@@ -845,7 +910,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, trac
             end_span(tokenize, prompt_tokens=len(prompt_ids))
             requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             max_tokens = state.budget(requested, len(prompt_ids), settings.max_tokens_cap, "messages")
-            return await _run(state, request, "chat", req, prompt_ids, max_tokens, started, span)
+            return await _run(state, request, "chat", req, prompt_ids, max_tokens, started, received, span)
         except BaseException as exc:
             end_span(span, error=type(exc).__name__)
             raise

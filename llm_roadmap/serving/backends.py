@@ -74,12 +74,30 @@ class Backend(Protocol):
         ...
 
 
+def check_device(device: str) -> None:
+    """Raise ValueError unless torch can use `device` here ("cpu", "cuda", "cuda:N", "mps")."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPUs")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here: use 'cpu'")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported by this server: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """The next token id from one row of logits: argmax at temperature 0, else top-p sampling."""
     if params.temperature == 0:
         return int(logits.argmax())
     top_p = params.top_p if params.top_p < 1 else None
-    probs = torch.softmax(filter_logits(logits[None].float() / params.temperature, None, top_p), dim=-1)
+    # on the CPU, in fp32: the seeded generator is a CPU one (the same seed gives the same text on any device)
+    probs = torch.softmax(filter_logits(logits[None].float().cpu() / params.temperature, None, top_p), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
@@ -93,12 +111,17 @@ def _generator(seed: int | None) -> torch.Generator:
 
 
 class TransformersBackend:
-    """A local Hugging Face causal LM and its tokenizer, decoding token by token with a KV cache."""
+    """A local Hugging Face causal LM and its tokenizer, decoding token by token with a KV cache.
+
+    `device`: "cpu", "cuda", "cuda:1", ... (a clear error when it is not there); `dtype`: the weights' dtype (None:
+    as saved for a folder, unchanged for a model object). `python -m llm_roadmap.serving` picks both from the machine.
+    """
 
     def __init__(self, model_or_path: Any, tokenizer: Any = None, name: str | None = None,
                  device: str = "cpu", dtype: torch.dtype | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_device(device)
         if isinstance(model_or_path, (str, Path)):
             path = Path(model_or_path)
             # safetensors only: a pickle-based checkpoint can run code when loaded
@@ -107,9 +130,10 @@ class TransformersBackend:
             name = name or path.name
         if tokenizer is None:
             raise ValueError("pass the tokenizer with a model object (or pass a folder holding both)")
-        self.model = model_or_path.to(device).eval()
+        self.model = model_or_path.to(device=device, dtype=dtype).eval()
         self.tokenizer = tokenizer
         self.device = device
+        self.dtype = next(self.model.parameters()).dtype
         self.name = name or getattr(self.model.config, "name_or_path", "") or type(self.model).__name__
         config = self.model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or config.n_positions)
@@ -168,10 +192,13 @@ class GPTBackend:
     It has no KV cache (lesson 4.4 adds one), so each step reruns the whole sequence, as `GPT.generate` does.
     """
 
-    def __init__(self, model: Any, name: str = "course-gpt", eos_token_id: int | None = None):
+    def __init__(self, model: Any, name: str = "course-gpt", eos_token_id: int | None = None, device: str = "cpu",
+                 dtype: torch.dtype | None = None):
         if model.cfg.vocab_size < 256:
             raise ValueError(f"a byte-level GPT needs vocab_size >= 256, got {model.cfg.vocab_size}")
-        self.model = model.eval()
+        check_device(device)
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = device, next(self.model.parameters()).dtype
         self.name = name
         self.context_length = model.cfg.block_size
         self.vocab_size = model.cfg.vocab_size
@@ -200,7 +227,7 @@ class GPTBackend:
             if cancel.is_set():
                 return
             with self._lock, torch.inference_mode():
-                logits, _ = self.model(torch.tensor([ids[-self.context_length:]]))
+                logits, _ = self.model(torch.tensor([ids[-self.context_length:]], device=self.device))
             if self.step_observer is not None:
                 self.step_observer(1)
             token = sample_next(logits[0, -1], params, generator)

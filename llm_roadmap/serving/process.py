@@ -3,11 +3,13 @@
     with start_server("tiny-test", max_concurrent=2) as server:      # a free port, a fresh random API key
         client = OpenAI(base_url=server.openai_base_url, api_key=server.api_key)
         ...
-    assert_stopped(server)                                           # no process, no open port
+    assert_stopped(server)                                           # its processes gone, its port not its own
 
 `stop()` sends SIGTERM: uvicorn stops accepting connections, lets in-flight requests finish (up to the server's
-shutdown timeout), then exits; SIGKILL only if it is still there after that. As lesson 1.4 checks its servers, the
-check that a port is closed is a connection attempt that must be refused.
+shutdown timeout), then exits; SIGKILL only if it is still there after that. `assert_stopped` checks that server's
+own process tree is gone (by pid and start time, so a recycled pid is not mistaken for it) and that its port is
+either closed (a connection attempt is refused, as lesson 1.4 checks its servers) or held by another live process,
+e.g. a new server restarted on the same port.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import urllib.request
 import weakref
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from .settings import API_KEYS_ENV
 
@@ -71,6 +75,8 @@ class ServerProcess:
         self.process, self.host, self.port, self.api_key = process, host, port, api_key
         self.workdir, self.stop_timeout_s = workdir, stop_timeout_s
         self._log_text: str | None = None
+        self.tree: dict[int, float] = {}  # pid -> start time of the server and its descendants, as last seen
+        self.remember_tree()
         # if the caller forgets stop(), kill it when this object goes away or the interpreter exits
         self._finalizer = weakref.finalize(self, _kill, process)
 
@@ -105,9 +111,19 @@ class ServerProcess:
         log_path = self.workdir / "server.log"
         return log_path.read_text(errors="replace") if log_path.exists() else ""
 
+    def remember_tree(self) -> None:
+        """Note the server's process and its descendants (pid and start time), for `assert_stopped`."""
+        try:
+            root = psutil.Process(self.process.pid)
+            for process in [root, *root.children(recursive=True)]:
+                self.tree.setdefault(process.pid, process.create_time())
+        except psutil.Error:  # already gone (or gone meanwhile): what was noted before stays
+            pass
+
     def terminate(self) -> None:
         """Send SIGTERM (graceful shutdown begins) without waiting."""
         if self.is_running():
+            self.remember_tree()
             self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float | None = None) -> int:
@@ -132,23 +148,28 @@ class ServerProcess:
 
 def start_server(model: str = "tiny-test", *, api_keys: list[str] | tuple[str, ...] | None = None,
                  host: str = "127.0.0.1", port: int = 0, token_delay_ms: float = 0.0, torch_threads: int = 0,
-                 ready_timeout_s: float = 120.0, log_level: str = "info", env: dict[str, str] | None = None,
-                 **settings: Any) -> ServerProcess:
+                 device: str = "auto", dtype: str = "auto", ready_timeout_s: float = 120.0, log_level: str = "info",
+                 env: dict[str, str] | None = None, engine: bool = False, **settings: Any) -> ServerProcess:
     """Start `python -m llm_roadmap.serving` and return once /health/ready answers 200.
 
+    `device`, `dtype`: where the model runs ("auto": the GPU if there is one, in its dtype; "cpu", "float32", ...).
     `api_keys`: None makes one random key (`server.api_key`); an empty list turns authentication off. `settings`:
     any ServerSettings field, e.g. max_concurrent=1, request_timeout_s=5 (passed as --max-concurrent 1 ...).
     `torch_threads=1` keeps a tiny model fast on a CPU that other work shares (two threads contend there).
+    `engine=True` serves through lesson 4.4's engine (`EngineBackend`: continuous batching across requests).
     """
     keys = [secrets.token_urlsafe(24)] if api_keys is None else list(api_keys)
     workdir = Path(tempfile.mkdtemp(prefix="llm-server-"))
     port_file = workdir / "port"
     command = [sys.executable, "-m", "llm_roadmap.serving", "--model", str(model), "--host", host, "--port",
-               str(port), "--port-file", str(port_file), "--parent-pid", str(os.getpid()), "--log-level", log_level]
+               str(port), "--port-file", str(port_file), "--parent-pid", str(os.getpid()), "--log-level", log_level,
+               "--device", device, "--dtype", dtype]
     if token_delay_ms:
         command += ["--token-delay-ms", str(token_delay_ms)]
     if torch_threads:
         command += ["--torch-threads", str(torch_threads)]
+    if engine:
+        command += ["--engine"]
     for name, value in settings.items():
         command += [f"--{name.replace('_', '-')}", str(value)]
     child_env = {**os.environ, **(env or {}), API_KEYS_ENV: ",".join(keys)}  # keys never appear in the command
@@ -170,6 +191,7 @@ def start_server(model: str = "tiny-test", *, api_keys: list[str] | tuple[str, .
             if server.port == 0 and port_file.exists():
                 server.port = int(port_file.read_text())
             if server.port and _ready(server.base_url):
+                server.remember_tree()
                 return server
             time.sleep(0.1)
     except BaseException:
@@ -185,8 +207,35 @@ def _ready(base_url: str) -> bool:
         return False
 
 
+def _alive(pid: int, started: float) -> bool:
+    """True while the process that had this pid and start time runs (a recycled pid has another start time)."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def listeners(port: int) -> set[int | None]:
+    """Pids listening on this TCP port (None for a listener whose process this user cannot see)."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:  # (macOS without root)
+        return {None} if not port_is_free(port) else set()
+    return {c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+
+
 def assert_stopped(server: ServerProcess) -> None:
-    """Raise AssertionError unless the server's process is gone and its port refuses connections."""
+    """Raise AssertionError unless this server's processes are gone and its port is closed or held by another live
+    process (a server restarted on the same port passes; the stopped one still listening does not)."""
     assert not server.is_running(), f"server process {server.pid} is still running"
-    assert not pid_exists(server.pid), f"process {server.pid} still exists"
-    assert port_is_free(server.port, server.host), f"port {server.port} still accepts connections"
+    left = [pid for pid, started in server.tree.items() if _alive(pid, started)]
+    assert not left, f"the server's processes {left} still exist"
+    if port_is_free(server.port, server.host):
+        return
+    holders = listeners(server.port)
+    assert holders - {None}, (f"port {server.port} accepts connections but no visible process listens on it (is "
+                              "the server's process tree hidden from this user?)")
+    # (the server's own tree is gone, checked above: a live holder is another process, e.g. its successor)
+    alive = [pid for pid in holders - {None} if psutil.pid_exists(pid)]
+    assert alive, f"port {server.port} is held by {sorted(holders - {None})}, none of them a live process"
