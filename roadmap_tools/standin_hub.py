@@ -48,6 +48,9 @@ DATASETS = {
     ("openai/gsm8k", "main"): "gsm8k",
     ("uoft-cs/cifar10", None): "cifar10",
     ("hf-internal-testing/librispeech_asr_dummy", "clean"): "librispeech_dummy",
+    ("cais/mmlu", "all"): "mmlu",  # lesson 8.5: multiple-choice benchmarks
+    ("allenai/ai2_arc", "ARC-Easy"): "arc_easy",
+    ("Rowan/hellaswag", None): "hellaswag",
 }
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -242,6 +245,55 @@ def _gsm8k():
     return {"train": Dataset.from_list(rows[:300]), "test": Dataset.from_list(rows[300:])}
 
 
+def _quiz(n: int, seed: int):
+    """(question, four answers, gold index) triples with answers of different lengths (lesson 8.5's stand-ins)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    things = ["owl", "fox", "snow leopard", "river otter", "red", "pale rose pink", "rice", "spiced lentil stew"]
+    out = []
+    for i in range(n):
+        answers = [str(a) for a in rng.choice(things, size=4, replace=False)]
+        out.append((f"Which of these is item number {i}?", answers, int(rng.integers(0, 4))))
+    return out
+
+
+def _mmlu():
+    """cais/mmlu (subset "all")'s columns: question, subject, choices (4 strings), answer (an int 0-3)."""
+    from datasets import Dataset
+
+    def split(n, seed):
+        return Dataset.from_list([{"question": q, "subject": "miscellaneous", "choices": a, "answer": g}
+                                  for q, a, g in _quiz(n, seed)])
+    return {"test": split(200, 0), "validation": split(40, 1), "dev": split(5, 2)}
+
+
+def _arc_easy():
+    """allenai/ai2_arc (ARC-Easy)'s columns: id, question, choices={text, label}, answerKey (a label letter)."""
+    from datasets import Dataset
+
+    def split(n, seed):
+        return Dataset.from_list([{"id": f"Mercury_{seed}_{i}", "question": q,
+                                   "choices": {"text": a, "label": ["A", "B", "C", "D"]}, "answerKey": "ABCD"[g]}
+                                  for i, (q, a, g) in enumerate(_quiz(n, seed))])
+    return {"train": split(40, 3), "test": split(200, 4), "validation": split(40, 5)}
+
+
+def _hellaswag():
+    """Rowan/hellaswag's columns: ind, activity_label, ctx_a, ctx_b, ctx, endings (4), source_id, split, split_type,
+    label (a string; empty in the test split)."""
+    from datasets import Dataset
+
+    def split(name, n, seed):
+        rows = []
+        for i, (q, a, g) in enumerate(_quiz(n, seed)):
+            rows.append({"ind": i, "activity_label": "Quiz", "ctx_a": q, "ctx_b": "the answer is", "ctx":
+                         f"{q} the answer is", "endings": a, "source_id": f"standin~{i}", "split": name,
+                         "split_type": "indomain", "label": "" if name == "test" else str(g)})
+        return Dataset.from_list(rows)
+    return {"train": split("train", 40, 6), "validation": split("val", 200, 7), "test": split("test", 40, 8)}
+
+
 def _standin_text() -> str:
     from llm_roadmap.data import stdlib_docstrings
 
@@ -267,7 +319,8 @@ def build(folder: Path | str = DEFAULT_FOLDER, force: bool = False) -> Path:
         _save_model(folder / "hub", repo_id, kind, revision)
     builders = {"mnist": _mnist, "smoltalk": _smoltalk, "squad_v2": _squad_v2, "ultrafeedback": _ultrafeedback,
                 "gsm8k": _gsm8k, "cifar10": standin_multimodal.cifar10,
-                "librispeech_dummy": standin_multimodal.librispeech_dummy}
+                "librispeech_dummy": standin_multimodal.librispeech_dummy, "mmlu": _mmlu, "arc_easy": _arc_easy,
+                "hellaswag": _hellaswag}
     for (repo_id, subset), name in DATASETS.items():
         target = folder / "datasets" / repo_id.replace("/", "--")
         if subset:
