@@ -13,21 +13,29 @@ END = "<!-- roadmap:end -->"
 
 
 def roadmap_table(root: Path) -> str:
-    """A Markdown table: phase, lesson, Colab badge, video link, what is verified; planned topics where no lesson
-    landed."""
+    """A Markdown table: phase, lesson, Colab badge, video link, what is verified; in lesson order (a notebook's
+    number is the topic it covers, 1-based), with the planned topics no lesson covers yet."""
     rows = ["| Phase | Lesson | Open | Video | Verified |", "|---|---|---|---|---|"]
     for number, (folder, title, topics) in enumerate(course.PHASES, start=1):
         phase = f"[{number}. {title}]({folder}/README.md)"
-        entries = read_video_file(root / folder)
-        if not entries:
-            rows += [f"| {phase} | {topic} |  |  | planned |" for topic in topics]
-            continue
-        for entry in entries:
+        numbered = []
+        for entry in read_video_file(root / folder):
             path = f"{folder}/{entry['notebook']}"
             badge = f"[![Open In Colab]({BADGE_IMAGE})]({course.colab_url(path)})"
             video = f"[▶ watch]({entry['video']})" if entry["video"] else "coming"
-            rows.append(f"| {phase} | [{entry['title']}]({path}) | {badge} | {video} | {verified(entry)} |")
+            numbered.append((lesson_number(entry["notebook"]),
+                             f"| {phase} | [{entry['title']}]({path}) | {badge} | {video} | {verified(entry)} |"))
+        covered = {n for n, _ in numbered}
+        numbered += [(i, f"| {phase} | {topic} |  |  | planned |")
+                     for i, topic in enumerate(topics, start=1) if i not in covered]
+        rows += [row for _, row in sorted(numbered, key=lambda pair: pair[0])]
     return "\n".join(rows)
+
+
+def lesson_number(notebook: str) -> int:
+    """01_tokenization.ipynb -> 1 (a notebook without a number sorts last)."""
+    head = notebook.split("_", 1)[0]
+    return int(head) if head.isdigit() else 10**6
 
 
 def verified(entry: dict) -> str:
