@@ -7,7 +7,8 @@ against TRL's `DPOTrainer` on the same batch; `tests/test_alignment_losses.py` p
 - `sample`: completions from a causal LM (transformers' `generate`), cut at the first end token.
 - `sft`: supervised fine-tuning on completion tokens (lesson 3.3).
 - `dpo_loss` (Rafailov et al. 2023, arXiv:2305.18290), `ipo_loss` (Azar et al. 2023, arXiv:2310.12036) and
-  `pair_loss`/`preference_train`, a minibatch trainer for either, or for any loss of the same per-pair quantities.
+  `pair_loss`/`preference_train`, a minibatch trainer for either, or for any loss of the same per-pair quantities
+  (`reference_logps`: the frozen reference's log-probs of the pairs, computable once and shared by several runs).
 
 A prompt and a completion are lists of token ids; a pair is (prompt, chosen, rejected). Every function works on the
 device of the model it is given.
@@ -34,12 +35,12 @@ def batch_tensors(prompts: Sequence[Sequence[int]], completions: Sequence[Sequen
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
-    ids = torch.zeros(len(prompts), max(lengths), dtype=torch.long)  # padding value: any valid id, masked out
-    mask, comp = torch.zeros_like(ids), torch.zeros_like(ids)
-    for row, (p, c) in enumerate(zip(prompts, completions)):
-        ids[row, : len(p) + len(c)] = torch.tensor(list(p) + list(c))
-        mask[row, : len(p) + len(c)] = 1
-        comp[row, len(p): len(p) + len(c)] = 1
+    width = max(lengths)  # padding value: any valid id (0), masked out; one tensor built from Python lists
+    ids = torch.tensor([list(p) + list(c) + [0] * (width - n) for p, c, n in zip(prompts, completions, lengths)],
+                       dtype=torch.long)
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths], dtype=torch.long)
+    comp = torch.tensor([[0] * len(p) + [1] * len(c) + [0] * (width - n) for p, c, n in zip(prompts, completions,
+                                                                                          lengths)], dtype=torch.long)
     return ids.to(device), mask.to(device), comp.to(device)
 
 
@@ -76,7 +77,7 @@ def sample(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new: in
 def sft(model: torch.nn.Module, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], steps: int,
         lr: float, batch: int, seed: int) -> torch.nn.Module:
     """Supervised fine-tuning: next-token loss on the completion tokens only (lesson 3.3); returns the model in eval."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)  # one kernel per op for all tensors
     pick = np.random.default_rng(seed)
     for _ in range(steps):
         idx = pick.integers(len(prompts), size=batch)
@@ -118,17 +119,30 @@ def pair_loss(kind: str | PairLoss, policy: torch.nn.Module, batch: Sequence[tup
     raise ValueError(f"kind must be 'dpo', 'ipo' or a loss function, got {kind!r}")
 
 
+@torch.no_grad()
+def reference_logps(ref: torch.nn.Module, pairs: Sequence[tuple], ref_chunk: int = 128) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """log ref(y_w | x) and log ref(y_l | x) of every pair, `ref_chunk` pairs per forward pass (so that a hub model's
+    vocabulary-wide logits fit in memory)."""
+    return tuple(torch.cat(side) for side in zip(*(
+        sequence_logps(ref, [p for p, _, _ in part] * 2, [c for _, c, _ in part] + [r for _, _, r in part]).chunk(2)
+        for part in (pairs[i:i + ref_chunk] for i in range(0, len(pairs), ref_chunk)))))
+
+
 def preference_train(kind: str | PairLoss, policy: torch.nn.Module, ref: torch.nn.Module,
                      pairs: Sequence[tuple], steps: int, lr: float, batch: int, beta: float,
-                     seed: int, ref_chunk: int = 128) -> tuple[torch.nn.Module, list[float]]:
-    """DPO (or IPO, or another pair loss) from scratch: reference log-probs once (`ref_chunk` pairs per forward pass,
-    so that a hub model's vocabulary-wide logits fit in memory), then minibatch steps on the policy.
-    Returns the policy (in eval mode) and the loss of every step."""
-    with torch.no_grad():
-        ref_w_all, ref_l_all = (torch.cat(side) for side in zip(*(
-            sequence_logps(ref, [p for p, _, _ in part] * 2, [c for _, c, _ in part] + [r for _, _, r in part]).chunk(2)
-            for part in (pairs[i:i + ref_chunk] for i in range(0, len(pairs), ref_chunk)))))
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr)
+                     seed: int, ref_chunk: int = 128,
+                     ref_logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """DPO (or IPO, or another pair loss) from scratch: reference log-probs once (`reference_logps`, or `ref_logps`
+    when given: the pairs' (chosen, rejected) log-probs under `ref`, e.g. shared by runs on the same pairs), then
+    minibatch steps on the policy. Returns the policy (in eval mode) and the loss of every step."""
+    if ref_logps is None:
+        ref_logps = reference_logps(ref, pairs, ref_chunk)
+    ref_w_all, ref_l_all = ref_logps
+    if len(ref_w_all) != len(pairs) or len(ref_l_all) != len(pairs):
+        raise ValueError(f"ref_logps has {len(ref_w_all)} chosen and {len(ref_l_all)} rejected log-probs for "
+                         f"{len(pairs)} pairs; pass one of each per pair, in the pairs' order")
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, foreach=True)
     pick = np.random.default_rng(seed)
     history = []
     for _ in range(steps):

@@ -147,3 +147,21 @@ def test_same_sft_and_sampling(nb):
     torch.manual_seed(7)
     assert ours_samples == nb.sample(ours, same_len, 6, EOS)
     assert all(EOS not in s[:-1] for s in ours_samples)  # cut at the first end token
+
+
+def test_shared_reference_logps():
+    """Reference log-probs computed once and passed in train exactly as the ones preference_train computes itself;
+    a wrong count is refused with the reason."""
+    ref, pairs = tiny_llama(1), random_pairs(20, seed=5)
+    own, own_hist = alignment.preference_train("dpo", copy.deepcopy(ref), ref, pairs, 3, 1e-2, 8, 0.3, seed=1)
+    shared = alignment.reference_logps(ref, pairs)
+    given, given_hist = alignment.preference_train("dpo", copy.deepcopy(ref), ref, pairs, 3, 1e-2, 8, 0.3, seed=1,
+                                                   ref_logps=shared)
+    assert own_hist == given_hist
+    swapped = (shared[1], shared[0])  # the rejected side's log-probs as the chosen's: a different loss
+    _, swapped_hist = alignment.preference_train("dpo", copy.deepcopy(ref), ref, pairs, 3, 1e-2, 8, 0.3, seed=1,
+                                                 ref_logps=swapped)
+    assert swapped_hist[0] != pytest.approx(own_hist[0])
+    with pytest.raises(ValueError, match="one of each per pair"):
+        alignment.preference_train("dpo", copy.deepcopy(ref), ref, pairs, 1, 1e-2, 8, 0.3, seed=1,
+                                   ref_logps=(shared[0][:-1], shared[1]))
